@@ -1,0 +1,29 @@
+"""The ``riveg`` command line. Results go to stdout (``--json``: one JSON object, last line);
+logs and progress bars go to stderr; the exit status is 0 only on success.
+
+Heavy imports happen inside the commands so that ``riveg --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from riveg import __version__
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="riveg")
+def main() -> None:
+    """RiVEG-serve: grounded multimodal NER on social-media posts."""
+
+
+# Subcommand groups of other modules are registered here, one line each.
+from riveg.evaluation.cli import eval_group  # noqa: E402
+
+main.add_command(eval_group)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

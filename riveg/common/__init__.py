@@ -1,0 +1,1 @@
+"""What every service and the orchestrator share: config, logging, storage, gRPC helpers."""

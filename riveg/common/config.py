@@ -1,0 +1,125 @@
+"""Configuration from environment variables (prefix ``RIVEG_``) or a TOML file (``RIVEG_CONFIG``).
+
+Every field can be set as ``RIVEG_<FIELD>`` (upper case), e.g. ``RIVEG_BROKER_URL``. A TOML file
+named by ``RIVEG_CONFIG`` gives defaults with the same field names in lower case; environment
+variables win over the file.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from riveg import STAGES
+
+DEFAULT_PORTS = {"llm": 50051, "mner": 50052, "ve": 50053, "vg": 50054, "seg": 50055}
+
+
+def default_cache_dir() -> Path:
+    """Where converted model weights and the local object store live by default."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "riveg"
+
+
+class Settings(BaseSettings):
+    """All knobs of RiVEG-serve; see the README's configuration reference."""
+
+    model_config = SettingsConfigDict(env_prefix="RIVEG_", extra="ignore")
+
+    # Orchestration
+    broker_url: str | None = Field(None, description="Celery broker; unset = embedded mode")
+    result_backend: str = Field("redis://127.0.0.1:6379/0", description="Celery result backend")
+    knowledge: bool = Field(False, description="run the LLM knowledge step before MNER")
+    task_time_limit_s: int = Field(600, description="hard limit of one stage task")
+
+    # Object store
+    store: Literal["local", "s3"] = "local"
+    store_path: Path = Field(default_factory=lambda: default_cache_dir() / "store")
+    s3_endpoint: str = "127.0.0.1:9000"
+    s3_access_key: str = "minioadmin"
+    s3_secret_key: str = "minioadmin"
+    s3_bucket: str = "riveg"
+    s3_secure: bool = False
+
+    # Stage servers: where clients find them, which backend each serves
+    llm_addr: str = f"127.0.0.1:{DEFAULT_PORTS['llm']}"
+    mner_addr: str = f"127.0.0.1:{DEFAULT_PORTS['mner']}"
+    ve_addr: str = f"127.0.0.1:{DEFAULT_PORTS['ve']}"
+    vg_addr: str = f"127.0.0.1:{DEFAULT_PORTS['vg']}"
+    seg_addr: str = f"127.0.0.1:{DEFAULT_PORTS['seg']}"
+    llm_backend: str = "gemma"
+    mner_backend: str = "spacy"
+    ve_backend: str = "person"
+    vg_backend: str = "person"
+    seg_backend: str = "grabcut"
+    grpc_port: int | None = Field(None, description="server port override (default: the addr's)")
+    grpc_workers: int = 4
+    grpc_max_message_mb: int = 32
+    rpc_timeout_s: float = 120.0
+    shutdown_grace_s: float = 10.0
+
+    # Models and runtime
+    cache_dir: Path = Field(default_factory=default_cache_dir)
+    torch_threads: int = Field(0, description="0 = torch's default")
+    llm_max_new_tokens: int = 24
+    knowledge_max_new_tokens: int = 96
+    log_format: Literal["json", "console"] = "console"
+    log_level: str = "INFO"
+
+    def stage_addr(self, stage: str) -> str:
+        """host:port where the given stage's server listens."""
+        _check_stage(stage)
+        return getattr(self, f"{stage}_addr")
+
+    def stage_backend(self, stage: str) -> str:
+        """Backend name configured for the stage."""
+        _check_stage(stage)
+        return getattr(self, f"{stage}_backend")
+
+    def server_port(self, stage: str) -> int:
+        """Port the stage's server binds: RIVEG_GRPC_PORT, else the port of its address."""
+        if self.grpc_port is not None:
+            return self.grpc_port
+        return int(self.stage_addr(stage).rsplit(":", 1)[1])
+
+    @property
+    def embedded(self) -> bool:
+        """True when no broker is configured: the whole pipeline runs in this process."""
+        return not self.broker_url
+
+
+def _check_stage(stage: str) -> None:
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+
+
+def _file_values(path: str | None) -> dict[str, Any]:
+    if not path:
+        return {}
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"RIVEG_CONFIG names {file}, which does not exist")
+    with file.open("rb") as handle:
+        return tomllib.load(handle)
+
+
+def load_settings(config_file: str | None = None, **overrides: Any) -> Settings:
+    """Settings from a TOML file (optional), then the environment, then explicit overrides."""
+    values = _file_values(config_file or os.environ.get("RIVEG_CONFIG"))
+    env_names = {name for name in Settings.model_fields if f"RIVEG_{name.upper()}" in os.environ}
+    chosen = {k: v for k, v in values.items() if k not in env_names}
+    chosen.update({k: v for k, v in overrides.items() if v is not None})
+    return Settings(**chosen)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Process-wide settings, read once."""
+    return load_settings()
+

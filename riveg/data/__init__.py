@@ -1,0 +1,1 @@
+"""Readers of the benchmark datasets in ../shared/datasets (see its README for the formats)."""

@@ -1,0 +1,1 @@
+"""Scorers shared by the evaluation commands and the training loops."""

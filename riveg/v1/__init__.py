@@ -1,0 +1,1 @@
+"""Generated protobuf and gRPC code of the riveg.v1 contracts (scripts/gen_protos.py)."""
