@@ -122,4 +122,3 @@ def load_settings(config_file: str | None = None, **overrides: Any) -> Settings:
 def get_settings() -> Settings:
     """Process-wide settings, read once."""
     return load_settings()
-

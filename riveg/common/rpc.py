@@ -234,7 +234,9 @@ class StageClient:
             except grpc.RpcError:
                 pass
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.stage} server at {self.addr} not SERVING after {timeout}s")
+                raise TimeoutError(
+                    f"{self.stage} server at {self.addr} not SERVING after {timeout}s"
+                )
             time.sleep(0.5)
 
     def close(self) -> None:

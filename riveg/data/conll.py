@@ -120,9 +120,7 @@ def read_conll(path: str | Path) -> list[Post]:
         if not block:
             continue
         pairs = [_split(line) for line in block]
-        posts.append(
-            Post(post_id or str(len(posts)), [t for t, _ in pairs], [g for _, g in pairs])
-        )
+        posts.append(Post(post_id or str(len(posts)), [t for t, _ in pairs], [g for _, g in pairs]))
     return posts
 
 

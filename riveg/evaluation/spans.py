@@ -12,8 +12,14 @@ def prf(tp: int, n_pred: int, n_gold: int) -> dict[str, Any]:
     precision = tp / n_pred if n_pred else 0.0
     recall = tp / n_gold if n_gold else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"precision": precision, "recall": recall, "f1": f1, "tp": tp,
-            "n_pred": n_pred, "n_gold": n_gold}
+    return {
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "tp": tp,
+        "n_pred": n_pred,
+        "n_gold": n_gold,
+    }
 
 
 def score_spans(
