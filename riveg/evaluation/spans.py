@@ -48,3 +48,58 @@ def score_spans(
         for kind in sorted(set(gold_by) | set(pred_by), key=str)
     }
     return overall
+
+
+def score_tags(
+    gold_tags: Sequence[Sequence[str]], pred_tags: Sequence[Sequence[str]]
+) -> dict[str, Any]:
+    """Entity-level scores of per-post BIO tag sequences (the model evaluation's entry point):
+    spans from ``bio_spans`` as (first token, last token + 1, type), then ``score_spans``."""
+    from riveg.data.conll import bio_spans
+
+    for index, (gold_post, pred_post) in enumerate(zip(gold_tags, pred_tags, strict=False)):
+        if len(gold_post) != len(pred_post):
+            raise ValueError(
+                f"post {index}: {len(gold_post)} gold tags, {len(pred_post)} predicted"
+            )
+    return score_spans(
+        [bio_spans(list(tags)) for tags in gold_tags], [bio_spans(list(tags)) for tags in pred_tags]
+    )
+
+
+def align_to_gold(
+    gold: Sequence[tuple[int, int, str, str]],
+    pred: Sequence[tuple[int | None, int | None, str, str]],
+) -> list[int | None]:
+    """The gold entity each prediction of one post is matched against (its index), or None.
+
+    ``gold`` and ``pred`` hold (start, end, text, type). A prediction with a span is matched
+    against the gold entity with exactly that span (several predictions may point at one gold
+    entity; the multiset count in ``score_spans`` then credits only one). A prediction whose span
+    is None is matched by its exact surface string: it takes a gold entity with the same text
+    that no other prediction points at, first one of the same type, else one of any type, in
+    text order; when none is left it matches nothing.
+    """
+    by_span = {(start, end): index for index, (start, end, _, _) in enumerate(gold)}
+    matched: list[int | None] = [None] * len(pred)
+    taken: set[int] = set()
+    for index, (start, end, _, _) in enumerate(pred):
+        if start is not None and end is not None:
+            matched[index] = by_span.get((start, end))
+            if matched[index] is not None:
+                taken.add(matched[index])  # type: ignore[arg-type]
+    by_string = [i for i, (start, end, _, _) in enumerate(pred) if start is None or end is None]
+    for same_type in (True, False):
+        for index in by_string:
+            if matched[index] is not None:
+                continue
+            _, _, text, kind = pred[index]
+            for gold_index, (_, _, gold_text, gold_kind) in enumerate(gold):
+                if gold_index in taken or gold_text != text:
+                    continue
+                if same_type and gold_kind != kind:
+                    continue
+                matched[index] = gold_index
+                taken.add(gold_index)
+                break
+    return matched
