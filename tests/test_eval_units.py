@@ -245,6 +245,16 @@ def test_cli_gmner_and_mner(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout.strip().splitlines()[-1])["mner"]["tp"] == 3
 
+    masks = tmp_path / "gold_masks.jsonl"
+    masks.write_text(json.dumps(_pred(dict(GOLD_AS_PRED[0], mask=_mask((10, 10, 110, 60))))))
+    far = dict(GOLD_AS_PRED[0], mask=_mask((70, 10, 170, 60)))
+    pred.write_text(json.dumps(_pred(far, *GOLD_AS_PRED[1:])) + "\n")
+    result = runner.invoke(main, [*args, "--gold-masks", str(masks), "--json"])
+    assert result.exit_code == 0, result.output
+    scores = json.loads(result.stdout.strip().splitlines()[-1])
+    assert [scores[m]["tp"] for m in ("gmner", "smner", "ees")] == [3, 2, 2]
+    assert "SMNER" in result.stdout
+
     pred.write_text(json.dumps(_pred(*GOLD_AS_PRED)) + "\n" + '{"id": "p2", "entities": [\n')
     result = runner.invoke(main, args)
     assert result.exit_code != 0
