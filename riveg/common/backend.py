@@ -62,10 +62,14 @@ class BackendRegistry(Generic[B]):
         self.stage = stage
         self._factories: dict[str, Callable[[Settings], B]] = {}
 
-    def register(self, cls: type[B]) -> type[B]:
-        """Class decorator: make the backend available under its ``name``."""
-        self._factories[cls.name] = cls
-        return cls
+    def register(self, key: str) -> Callable[[type[B]], type[B]]:
+        """Class decorator: make the backend available under ``key`` (its configuration name)."""
+
+        def decorate(cls: type[B]) -> type[B]:
+            self._factories[key] = cls
+            return cls
+
+        return decorate
 
     def names(self) -> list[str]:
         """Registered backend names."""

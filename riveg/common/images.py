@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from riveg.common.backend import InvalidInput
+from riveg.common.storage import ObjectStore
 
 MAX_PIXELS = 64_000_000
 
@@ -65,3 +66,10 @@ def png_mask(data: bytes) -> np.ndarray:
     """Read a mask PNG back as a binary HxW uint8 array."""
     with Image.open(io.BytesIO(data)) as image:
         return (np.asarray(image.convert("L")) > 127).astype(np.uint8)
+
+
+def fetch_image(store: ObjectStore, key: str) -> np.ndarray:
+    """The stored image under key as an HxWx3 uint8 RGB array."""
+    if not key:
+        raise InvalidInput("the request names no image key")
+    return image_array(store.get_bytes(key))

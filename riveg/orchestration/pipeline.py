@@ -1,0 +1,84 @@
+"""The per-post chain, and submitting posts to it (embedded: run now; distributed: enqueue)."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from celery import chain
+from celery.result import AsyncResult
+
+from riveg.common.backend import InvalidInput
+from riveg.orchestration import tasks
+from riveg.orchestration.runtime import Runtime
+
+STEPS = ("store", "knowledge", "mner", "expand", "ve", "vg", "seg", "assemble")
+
+
+def build_chain(state: dict[str, Any], knowledge: bool = False) -> chain:
+    """store -> (knowledge) -> mner -> expand -> ve -> vg -> seg -> assemble, for one post."""
+    steps = [getattr(tasks, name) for name in STEPS if knowledge or name != "knowledge"]
+    return chain(steps[0].s(state), *(step.s() for step in steps[1:]))
+
+
+@dataclass
+class Submission:
+    """A post handed to the pipeline: its id, job id and the chain's result handle."""
+
+    post_id: str
+    job_id: str
+    result: AsyncResult | Any
+
+    def get(self, timeout: float | None = None) -> dict[str, Any]:
+        """The post's result; raises the failing step's error (e.g. tasks.PostError)."""
+        return self.result.get(timeout=timeout, propagate=True)
+
+
+def submit_post(
+    runtime: Runtime,
+    text: str,
+    image_bytes: bytes,
+    post_id: str | None = None,
+    knowledge: bool | None = None,
+) -> Submission:
+    """Upload the image to the object store and start the post's chain.
+
+    In embedded mode (eager Celery) the chain has run when this returns; in distributed mode it
+    is enqueued on the broker. Empty text is refused here, before anything is stored.
+    """
+    if not text or not text.strip():
+        raise InvalidInput("the post text is empty")
+    job_id = uuid.uuid4().hex
+    key = runtime.store.put_bytes(f"images/{job_id}", image_bytes)
+    state = {
+        "id": post_id or job_id,
+        "job_id": job_id,
+        "text": text,
+        "image": {"key": key, "width": 0, "height": 0},
+        "entities": [],
+        "models": {},
+        "timings_ms": {},
+    }
+    use_knowledge = runtime.settings.knowledge if knowledge is None else knowledge
+    workflow = build_chain(state, knowledge=use_knowledge)
+    if runtime.settings.embedded:
+        try:
+            outcome = workflow.apply()
+        except tasks.PostError as exc:
+            outcome = _Failed(exc)
+        return Submission(state["id"], job_id, outcome)
+    return Submission(state["id"], job_id, workflow.apply_async())
+
+
+class _Failed:
+    """An eager chain's failure, raised again on get() like an AsyncResult does."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def ready(self) -> bool:
+        return True
+
+    def get(self, timeout: float | None = None, propagate: bool = True) -> dict[str, Any]:
+        raise self.error

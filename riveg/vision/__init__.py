@@ -1,0 +1,1 @@
+"""Image models shared by the vision services (bundled weights only)."""

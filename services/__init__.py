@@ -1,0 +1,1 @@
+"""The five RiVEG stage services: each is transport (gRPC servicer) + backends (models)."""

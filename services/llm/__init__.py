@@ -1,0 +1,1 @@
+"""LLM stage: auxiliary knowledge for MNER and entity expansion into referring expressions."""

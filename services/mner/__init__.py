@@ -1,0 +1,1 @@
+"""MNER stage: named entities (PER/LOC/ORG/MISC) of the post text."""

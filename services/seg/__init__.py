@@ -1,0 +1,1 @@
+"""Segmentation stage: a mask from each box (box-prompted segmenter)."""
