@@ -13,7 +13,24 @@ from riveg.mner.data import LABEL_IDS, LABELS, case_shape, normalise_label, spli
 from riveg.mner.model import TaggerConfig, WordEncoder, load_tagger, new_tagger, save_tagger
 from riveg.mner.train import TrainOptions, make_batches, train
 
-WORDS = ["ted", "cruz", "speaks", "for", "me", "in", "paris", "with", "obama", "at", "the", "nba", "game", "apple", "google", "new", "york", "rt", "love", "this", "photo", "of", "my", "dog", "today", "!", ":", "@", "#", ".", ",", "'", "s"]
+_VOCAB = "ted cruz speaks for me in paris with obama at the nba game apple google new york rt love"
+WORDS = [
+    *_VOCAB.split(),
+    "this",
+    "photo",
+    "of",
+    "my",
+    "dog",
+    "today",
+    "!",
+    ":",
+    "@",
+    "#",
+    ".",
+    ",",
+    "'",
+    "s",
+]
 
 
 def make_tiny_encoder(folder: Path) -> Path:
@@ -39,7 +56,7 @@ def make_tiny_encoder(folder: Path) -> Path:
 
 
 POSTS = [
-    Post("1", ["Ted", "Cruz", "speaks", "in", "Paris", "!"], ["B-PER", "I-PER", "O", "O", "B-LOC", "O"]),
+    Post("1", ["Ted", "Cruz", "in", "Paris", "!"], ["B-PER", "I-PER", "O", "B-LOC", "O"]),
     Post("2", ["RT", "@", "Obama", ":", "love", "NBA"], ["O", "O", "B-PER", "O", "O", "B-ORG"]),
     Post("3", ["my", "dog", "in", "New", "York"], ["O", "O", "O", "B-LOC", "I-LOC"]),
     Post("4", ["Apple", "and", "Google", "today"], ["B-ORG", "O", "B-ORG", "O"]),

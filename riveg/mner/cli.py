@@ -144,7 +144,7 @@ def train_command(**kw: Any) -> None:
 
 
 def _table(result: dict[str, Any]) -> str:
-    rows = [("overall", result)] + list(result["per_type"].items())
+    rows = [("overall", result), *result["per_type"].items()]
     lines = [f"{'type':<8} {'P':>7} {'R':>7} {'F1':>7} {'gold':>6} {'pred':>6}"]
     for name, r in rows:
         lines.append(

@@ -59,7 +59,7 @@ class CrfMnerBackend(MnerBackend):
         know = [split_knowledge(k) for k in (knowledge or [None] * len(texts))]
         tagged = tag_words(self.tagger, self.encoder, [w for w, _ in split], know, self.batch_size)
         results = []
-        for text, (words, offsets), (tags, conf) in zip(texts, split, tagged, strict=True):
+        for text, (_, offsets), (tags, conf) in zip(texts, split, tagged, strict=True):
             entities = []
             for first, last, kind in bio_spans(tags):
                 start, end = offsets[first][0], offsets[last - 1][1]
