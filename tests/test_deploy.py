@@ -249,6 +249,14 @@ def test_stage_pod(objs: list[Obj], stage: str) -> None:
         assert {"cpu", "memory"} <= set(resources["requests"]) <= set(resources["limits"])
         assert container["securityContext"]["allowPrivilegeEscalation"] is False
         assert "RIVEG_BROKER_URL" in _env(container) or container is server
+        _assert_writable_dirs(container)
+
+
+def _assert_writable_dirs(container: Obj) -> None:
+    """A read-only root file system still leaves the temp and cache dirs writable."""
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert {"/tmp", "/var/cache/riveg"} <= mounts, container["name"]
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -323,6 +331,7 @@ def test_pipeline_worker(objs: list[Obj]) -> None:
     pod = _pod_spec(_one(objs, "Deployment", "riveg-pipeline"))
     worker = _container(pod, "worker")
     assert worker["args"] == ["worker", "pipeline"]
+    _assert_writable_dirs(worker)
     assert "nvidia.com/gpu" not in json.dumps(pod)
     _one(objs, "PodDisruptionBudget", "riveg-pipeline")
 

@@ -14,7 +14,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 
-random() { openssl rand -hex 24; }
+random() { openssl rand -hex 24 2>/dev/null || python3 -c 'import secrets; print(secrets.token_hex(24))'; }
 
 create() {  # NAME ENV_FILE
     if kubectl -n "$ns" get secret "$1" >/dev/null 2>&1; then
