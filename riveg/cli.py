@@ -19,10 +19,13 @@ def main() -> None:
     """RiVEG-serve: grounded multimodal NER on social-media posts."""
 
 
-# Subcommand groups of other modules are registered here, one line each.
+# Commands of other modules are registered here.
 from riveg.evaluation.cli import eval_group  # noqa: E402
+from riveg.orchestration.commands import analyze, batch, serve, worker  # noqa: E402
+from riveg.orchestration.launcher import up  # noqa: E402
 
-main.add_command(eval_group)
+for command in (analyze, batch, serve, worker, up, eval_group):
+    main.add_command(command)
 
 
 if __name__ == "__main__":

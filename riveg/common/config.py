@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from riveg import STAGES
@@ -39,7 +39,9 @@ class Settings(BaseSettings):
     task_time_limit_s: int = Field(600, description="hard limit of one stage task")
 
     # Object store
-    store: Literal["local", "s3"] = "local"
+    store: Literal["local", "s3"] | None = Field(
+        None, description="object store kind; default: s3 with a broker, else local"
+    )
     store_path: Path = Field(default_factory=lambda: default_cache_dir() / "store")
     s3_endpoint: str = "127.0.0.1:9000"
     s3_access_key: str = "minioadmin"
@@ -71,6 +73,12 @@ class Settings(BaseSettings):
     knowledge_max_new_tokens: int = 96
     log_format: Literal["json", "console"] = "console"
     log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _default_store(self) -> Settings:
+        if self.store is None:
+            self.store = "s3" if self.broker_url else "local"
+        return self
 
     def stage_addr(self, stage: str) -> str:
         """host:port where the given stage's server listens."""

@@ -1,0 +1,320 @@
+"""Pipeline commands: analyze, batch (embedded or submitted to a broker), serve, worker, up."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+from riveg import STAGES
+from riveg.common.config import Settings, load_settings
+from riveg.common.logging import configure_logging, get_logger
+
+log = get_logger("riveg.cli")
+
+config_option = click.option(
+    "--config", "config_file", type=click.Path(dir_okay=False), help="TOML settings file."
+)
+broker_option = click.option(
+    "--broker",
+    "broker_url",
+    help="Celery broker URL: submit to a running distributed pipeline instead of embedded mode.",
+)
+
+
+def cli_settings(config_file: str | None, **overrides: Any) -> Settings:
+    """Settings for a command, with logging configured from them."""
+    try:
+        settings = load_settings(config_file, **overrides)
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(f"bad configuration: {exc}") from exc
+    configure_logging(settings.log_level, settings.log_format)
+    return settings
+
+
+@contextmanager
+def pipeline_runtime(settings: Settings) -> Iterator[Any]:
+    """The runtime posts are submitted through: an in-process cluster (embedded) or a broker."""
+    from riveg.orchestration.celery_app import configure_app
+    from riveg.orchestration.runtime import EmbeddedCluster, Runtime, set_runtime
+
+    configure_app(settings)
+    if settings.embedded:
+        cluster = EmbeddedCluster(settings)
+        try:
+            runtime = cluster.start()
+            set_runtime(runtime)
+            log.info("embedded pipeline ready", load_s=cluster.load_seconds)
+            yield runtime
+        finally:
+            cluster.stop()
+            set_runtime(None)
+    else:
+        from riveg.common.storage import open_store
+
+        runtime = Runtime(settings, open_store(settings))
+        try:
+            yield runtime
+        finally:
+            runtime.close()
+
+
+def _print_result(result: dict[str, Any], as_json: bool) -> None:
+    click.echo(json.dumps(result, ensure_ascii=False, indent=None if as_json else 2))
+
+
+def write_overlay(result: dict[str, Any], image_bytes: bytes, out_dir: Path) -> Path:
+    """Write <id>.json and <id>.png (the overlay) into out_dir; return the PNG's path."""
+    from riveg.common.images import decode_image
+    from riveg.orchestration.overlay import render_overlay
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(result["id"]))
+    (out_dir / f"{stem}.json").write_text(json.dumps(result, ensure_ascii=False, indent=2))
+    png = out_dir / f"{stem}.png"
+    render_overlay(decode_image(image_bytes), result).save(png)
+    return png
+
+
+@click.command()
+@click.option("--text", required=True, help="The post's text.")
+@click.option("--image", "image_path", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--id", "post_id", help="Post id (default: a new job id).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Write JSON + overlay.")
+@click.option("--knowledge/--no-knowledge", default=None, help="Run the LLM knowledge step.")
+@click.option("--timeout", default=600.0, show_default=True, help="Seconds to wait (broker).")
+@click.option("--json", "as_json", is_flag=True, help="One-line JSON result.")
+@broker_option
+@config_option
+def analyze(
+    text: str,
+    image_path: str,
+    post_id: str | None,
+    out_dir: str | None,
+    knowledge: bool | None,
+    timeout: float,
+    as_json: bool,
+    broker_url: str | None,
+    config_file: str | None,
+) -> None:
+    """Find, type, ground and segment the named entities of one post."""
+    from riveg.common.backend import InvalidInput
+    from riveg.orchestration.pipeline import submit_post
+    from riveg.orchestration.tasks import PostError
+
+    settings = cli_settings(config_file, broker_url=broker_url)
+    image_bytes = Path(image_path).read_bytes()
+    started = time.perf_counter()
+    with pipeline_runtime(settings) as runtime:
+        try:
+            result = submit_post(runtime, text, image_bytes, post_id, knowledge).get(timeout)
+        except (PostError, InvalidInput) as exc:
+            raise click.ClickException(str(exc)) from exc
+    log.info("analyzed", wall_s=round(time.perf_counter() - started, 2))
+    if out_dir:
+        png = write_overlay(result, image_bytes, Path(out_dir))
+        click.echo(f"overlay written to {png}", err=True)
+    _print_result(result, as_json)
+
+
+def _read_batch(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
+    """(line number, post or None, error or None) for each non-empty line of a JSONL file."""
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                post = json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield number, None, f"line {number}: not JSON ({exc.msg})"
+                continue
+            if not isinstance(post, dict) or not isinstance(post.get("text"), str):
+                yield number, None, f"line {number}: expected an object with 'text' and 'image'"
+                continue
+            post.setdefault("id", f"line-{number}")
+            post["id"] = str(post["id"])
+            yield number, post, None
+
+
+def _done_ids(out_path: Path) -> set[str]:
+    """Ids already finished in OUT; earlier failures are dropped so they are tried again."""
+    if not out_path.exists():
+        return set()
+    kept, done = [], set()
+    for line in out_path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut off by an interruption
+        if "error" not in record:
+            kept.append(line)
+            done.add(str(record["id"]))
+    tmp = out_path.with_suffix(out_path.suffix + ".tmp")
+    tmp.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+    tmp.replace(out_path)
+    return done
+
+
+@click.command()
+@click.argument("input_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--images",
+    "images_dir",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Folder the posts' 'image' paths are relative to.",
+)
+@click.option(
+    "--out",
+    "out_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Result JSONL (appended; finished posts are skipped on a re-run).",
+)
+@click.option("--window", default=16, show_default=True, help="Posts in flight (broker mode).")
+@click.option("--knowledge/--no-knowledge", default=None, help="Run the LLM knowledge step.")
+@click.option("--timeout", default=600.0, show_default=True, help="Seconds to wait for a post.")
+@click.option("--json", "as_json", is_flag=True, help="Summary as one JSON line.")
+@broker_option
+@config_option
+def batch(
+    input_path: Path,
+    images_dir: Path,
+    out_path: Path,
+    window: int,
+    knowledge: bool | None,
+    timeout: float,
+    as_json: bool,
+    broker_url: str | None,
+    config_file: str | None,
+) -> None:
+    """Analyze every post of INPUT_PATH (JSONL: {"id", "text", "image"}), resuming where it
+    stopped. A post that fails gets {"id", "error"} in OUT; the others go on."""
+    from tqdm import tqdm
+
+    settings = cli_settings(config_file, broker_url=broker_url)
+    done = _done_ids(out_path)
+    entries = list(_read_batch(input_path))
+    todo = [e for e in entries if e[1] is None or e[1]["id"] not in done]
+    counts = {"done": 0, "failed": 0, "skipped": len(entries) - len(todo)}
+    started = time.perf_counter()
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with (
+        out_path.open("a", encoding="utf-8") as out,
+        tqdm(total=len(todo), desc="posts", unit="post", file=sys.stderr) as bar,
+        pipeline_runtime(settings) as runtime,
+    ):
+
+        def record(entry: dict[str, Any]) -> None:
+            counts["failed" if "error" in entry else "done"] += 1
+            out.write(json.dumps(entry, ensure_ascii=False) + "\n")
+            out.flush()
+            bar.update(1)
+
+        _run_batch(runtime, todo, images_dir, window, knowledge, timeout, record)
+    elapsed = time.perf_counter() - started
+    summary = {**counts, "seconds": round(elapsed, 2),
+               "posts_per_s": round((counts["done"] + counts["failed"]) / elapsed, 3),
+               "out": str(out_path)}  # fmt: skip
+    if as_json:
+        click.echo(json.dumps(summary))
+    else:
+        click.echo(
+            f"{counts['done']} done, {counts['failed']} failed, {counts['skipped']} "
+            f"skipped in {elapsed:.1f}s ({summary['posts_per_s']} posts/s) -> {out_path}"
+        )
+    if counts["failed"]:
+        sys.exit(1)
+
+
+def _run_batch(
+    runtime: Any,
+    todo: list[tuple[int, dict[str, Any] | None, str | None]],
+    images_dir: Path,
+    window: int,
+    knowledge: bool | None,
+    timeout: float,
+    record: Callable[[dict[str, Any]], None],
+) -> None:
+    """Submit posts (keeping at most ``window`` in flight) and record each outcome."""
+    from riveg.orchestration.pipeline import submit_post
+
+    in_flight: list[tuple[str, Any, float]] = []
+
+    def collect(block: bool) -> None:
+        while in_flight:
+            for index, (post_id, submission, since) in enumerate(in_flight):
+                if submission.result.ready() or time.monotonic() - since > timeout:
+                    in_flight.pop(index)
+                    record(_outcome(post_id, submission, timeout))
+                    break
+            else:
+                if not block and len(in_flight) < window:
+                    return
+                time.sleep(0.02)
+
+    for number, post, error in todo:
+        if post is None:
+            record({"id": f"line-{number}", "error": error})
+            continue
+        try:
+            image_bytes = (images_dir / str(post.get("image", ""))).read_bytes()
+            submission = submit_post(runtime, post["text"], image_bytes, post["id"], knowledge)
+        except Exception as exc:  # a bad post must not stop the batch
+            record({"id": post["id"], "error": f"{type(exc).__name__}: {exc}"})
+            continue
+        in_flight.append((post["id"], submission, time.monotonic()))
+        collect(block=False)
+    collect(block=True)
+
+
+def _outcome(post_id: str, submission: Any, timeout: float) -> dict[str, Any]:
+    try:
+        return submission.get(timeout=1.0 if timeout else None)
+    except Exception as exc:
+        return {"id": post_id, "error": f"{type(exc).__name__}: {exc}"}
+
+
+@click.command()
+@click.argument("stage", type=click.Choice(STAGES))
+@click.option("--port", type=int, help="Port to bind (default: RIVEG_GRPC_PORT or the stage's).")
+@config_option
+def serve(stage: str, port: int | None, config_file: str | None) -> None:
+    """Run one stage's gRPC server until SIGTERM."""
+    from riveg.common.rpc import StageServer
+    from riveg.common.storage import open_store
+    from riveg.orchestration.stages import build_stage
+
+    settings = cli_settings(config_file)
+    server = StageServer(build_stage(stage, settings, open_store(settings)), settings)
+    server.start(port=port)
+    server.serve_forever()
+
+
+@click.command()
+@click.argument("queues", nargs=-1, required=True, type=click.Choice([*STAGES, "pipeline"]))
+@click.option("--concurrency", default=4, show_default=True, help="Worker threads.")
+@broker_option
+@config_option
+def worker(
+    queues: tuple[str, ...], concurrency: int, broker_url: str | None, config_file: str | None
+) -> None:
+    """Run a Celery worker consuming the given stage queues (riveg.<queue>)."""
+    from riveg.orchestration.celery_app import configure_app
+
+    settings = cli_settings(config_file, broker_url=broker_url)
+    if settings.embedded:
+        raise click.ClickException("a worker needs a broker: set RIVEG_BROKER_URL or --broker")
+    app = configure_app(settings)
+    names = ",".join(f"riveg.{q}" for q in queues)
+    app.worker_main([
+        "worker", "-Q", names, "-n", f"{'+'.join(queues)}@%h", "--pool", "threads",
+        "-c", str(concurrency), "--loglevel", settings.log_level, "--without-gossip",
+        "--without-mingle",
+    ])  # fmt: skip
