@@ -203,6 +203,16 @@ class CrfTagger(nn.Module):
         return out
 
 
+def _word_encoder(tokenizer: Any, tagger: CrfTagger) -> WordEncoder:
+    """The word encoder, its length capped by the encoder's position embeddings."""
+    hf = tagger.encoder.config
+    positions = getattr(hf, "max_position_embeddings", 512)
+    if getattr(hf, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
+        positions -= 2  # position ids start after the padding index
+    length = min(tagger.config.max_length, positions)
+    return WordEncoder(tokenizer, length, tagger.config.knowledge_max)
+
+
 def _new_encoder(config_dir: Path, weights: bool) -> nn.Module:
     from transformers import AutoConfig, AutoModel
 
@@ -230,7 +240,7 @@ def new_tagger(encoder_dir: str | Path, config: TaggerConfig) -> tuple[CrfTagger
     tokenizer = AutoTokenizer.from_pretrained(str(encoder_dir), local_files_only=True)
     config.encoder_name = config.encoder_name or encoder_dir.name
     tagger = CrfTagger(_new_encoder(encoder_dir, weights=True), config)
-    return tagger, WordEncoder(tokenizer, config.max_length, config.knowledge_max)
+    return tagger, _word_encoder(tokenizer, tagger)
 
 
 def save_tagger(tagger: CrfTagger, tokenizer: Any, out_dir: str | Path, fp16: bool = True) -> Path:
@@ -274,4 +284,4 @@ def load_tagger(model_dir: str | Path) -> tuple[CrfTagger, WordEncoder]:
             f"weights do not fit the model: missing {missing}, unexpected {unexpected}"
         )
     tagger.eval()
-    return tagger, WordEncoder(tokenizer, config.max_length, config.knowledge_max)
+    return tagger, _word_encoder(tokenizer, tagger)

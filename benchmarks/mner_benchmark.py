@@ -1,0 +1,165 @@
+"""Train and score one MNER configuration per benchmark; write ``benchmarks/results/mner_*.json``.
+
+Each configuration is trained with ``riveg mner train`` and its best checkpoint is scored on
+the dev split with ``riveg mner eval --json`` (with and without the ChatGPT knowledge), so the
+numbers are exactly what the command line reports. ``--table`` prints the README table
+generated from the result files, beside the paper's numbers (BERT-base, test split).
+
+    python benchmarks/mner_benchmark.py --dataset twitter2017 --mode text --epochs 3
+    python benchmarks/mner_benchmark.py --dataset twitter_gmner --mode knowledge --model DIR
+    python benchmarks/mner_benchmark.py --table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+RUNS = ROOT / "runs" / "bench"
+
+# Paper (RiVEG, Table: PLIM with BERT-base), test F1 in percent: (text only, with ChatGPT).
+PAPER = {
+    "twitter2015": (74.71, 76.79),
+    "twitter2017": (84.96, 89.58),
+    "twitter_gmner": (78.19, 82.89),
+}
+TARGETS = {"twitter2015": 0.74, "twitter2017": 0.86, "twitter_gmner": 0.81}
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "riveg.mner.cli", *args]
+
+
+def evaluate(model: Path, dataset: str, with_knowledge: bool, threads: int) -> dict:
+    """``riveg mner eval --json`` on the dataset's dev split; its last stdout line."""
+    sys.path.insert(0, str(ROOT))
+    from riveg.mner.data import split_paths
+
+    data, knowledge = split_paths(dataset, "dev")
+    args = ["eval", "--data", str(data), "--model", str(model), "--json"]
+    args += ["--threads", str(threads)]
+    if with_knowledge:
+        args += ["--knowledge", str(knowledge)]
+    done = subprocess.run(_cli(*args), capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"eval failed: {done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run(args: argparse.Namespace) -> Path:
+    """Train (unless --model is given), score both ways, write the result file."""
+    name = f"mner_{args.dataset}_{args.mode}" + (f"_{args.tag}" if args.tag else "")
+    model = Path(args.model) if args.model else RUNS / name / "best"
+    train_info: dict = {}
+    if not args.model:
+        out = RUNS / name
+        train_args = ["train", "--dataset", args.dataset, "--out", str(out)]
+        train_args += ["--epochs", str(args.epochs), "--batch-size", str(args.batch_size)]
+        train_args += ["--lr", str(args.lr), "--knowledge-max", str(args.knowledge_max)]
+        train_args += [
+            "--case",
+            args.case,
+            "--seed",
+            str(args.seed),
+            "--threads",
+            str(args.threads),
+        ]
+        if args.mode == "text":
+            train_args.append("--no-knowledge")
+        else:
+            train_args += ["--knowledge-dropout", str(args.knowledge_dropout)]
+        if args.resume:
+            train_args.append("--resume")
+        began = time.time()
+        subprocess.run(_cli(*train_args), check=True)
+        train_info = {"train_wall_s": round(time.time() - began, 1), "command": train_args}
+    tagger = json.loads((model / "tagger.json").read_text())
+    history = []
+    metrics = model.parent / "metrics.jsonl"
+    if metrics.is_file():
+        history = [
+            {k: v for k, v in json.loads(line).items() if k != "scores"}
+            for line in metrics.read_text().splitlines()
+        ]
+    result = {
+        "dataset": args.dataset,
+        "mode": args.mode,
+        "tag": args.tag,
+        "split": "dev",
+        "model": str(model.relative_to(ROOT) if model.is_relative_to(ROOT) else model),
+        "encoder": tagger.get("encoder_name"),
+        "config": {k: tagger[k] for k in ("max_length", "knowledge_max", "case", "dropout")},
+        "train": tagger.get("extra", {}).get("train"),
+        "history": history,
+        "dev_without_knowledge": evaluate(model, args.dataset, False, args.threads),
+        "paper_test_f1": dict(zip(("text", "knowledge"), PAPER[args.dataset], strict=True)),
+        "target_dev_f1_with_knowledge": TARGETS[args.dataset],
+        **train_info,
+    }
+    if args.mode == "knowledge":
+        result["dev_with_knowledge"] = evaluate(model, args.dataset, True, args.threads)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return path
+
+
+def table() -> str:
+    """Markdown table from the result files, beside the paper's numbers."""
+    lines = [
+        "| dataset | trained with | epochs | dev F1 without knowledge | dev F1 with knowledge "
+        "| paper test F1 (BERT-base) text / +ChatGPT |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for path in sorted(RESULTS.glob("mner_*.json")):
+        r = json.loads(path.read_text())
+        if "dataset" not in r:
+            continue
+        without = r["dev_without_knowledge"]["f1"] * 100
+        with_k = r.get("dev_with_knowledge", {}).get("f1")
+        with_text = f"{with_k * 100:.2f}" if with_k is not None else "-"
+        text_p, know_p = PAPER[r["dataset"]]
+        epochs = len(r.get("history") or []) or "-"
+        mode = "knowledge (dropout)" if r["mode"] == "knowledge" else "text only"
+        if r.get("tag"):
+            mode += f" [{r['tag']}, case={r['config']['case']}]"
+        lines.append(
+            f"| {r['dataset']} | {mode} | {epochs} | {without:.2f} | {with_text} "
+            f"| {text_p:.2f} / {know_p:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", choices=sorted(PAPER))
+    parser.add_argument("--mode", choices=["text", "knowledge"], default="knowledge")
+    parser.add_argument("--model", help="score this model folder instead of training")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--knowledge-max", type=int, default=64)
+    parser.add_argument("--knowledge-dropout", type=float, default=0.4)
+    parser.add_argument("--case", choices=["input", "head", "none"], default="input")
+    parser.add_argument("--seed", type=int, default=13)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--tag", default="", help="suffix of the run and result names")
+    parser.add_argument("--table", action="store_true", help="print the README table and exit")
+    args = parser.parse_args()
+    if args.table:
+        print(table())
+        return
+    if not args.dataset:
+        parser.error("--dataset is required (or --table)")
+    print(run(args))
+
+
+if __name__ == "__main__":
+    main()
