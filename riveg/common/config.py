@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     # Orchestration
     broker_url: str | None = Field(None, description="Celery broker; unset = embedded mode")
     result_backend: str = Field("redis://127.0.0.1:6379/0", description="Celery result backend")
+    queue_prefix: str = Field("riveg", description="Celery queues are <prefix>.<stage>")
     knowledge: bool = Field(False, description="run the LLM knowledge step before MNER")
     task_time_limit_s: int = Field(600, description="hard limit of one stage task")
 

@@ -23,8 +23,10 @@ def decode_image(data: bytes) -> Image.Image:
             if raw.width * raw.height > MAX_PIXELS:
                 raise InvalidInput(f"the image is too large ({raw.width}x{raw.height})")
             image = ImageOps.exif_transpose(raw).convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise InvalidInput(f"the image bytes are not a readable image: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise InvalidInput(f"the {len(data)} bytes given as the image are not an image") from exc
+    except (OSError, SyntaxError) as exc:
+        raise InvalidInput(f"the image is damaged or truncated: {exc}") from exc
     return image
 
 

@@ -11,20 +11,25 @@ from celery import Celery
 from riveg import STAGES
 from riveg.common.config import Settings, get_settings
 
-PIPELINE_QUEUE = "riveg.pipeline"
-QUEUES: tuple[str, ...] = (*(f"riveg.{stage}" for stage in STAGES), PIPELINE_QUEUE)
+QUEUE_NAMES: tuple[str, ...] = (*STAGES, "pipeline")
 
-# Task name -> queue. Each stage's tasks go to that stage's queue so its workers scale alone.
+# Task name -> queue name. Each stage's tasks go to that stage's queue so its workers scale alone.
 ROUTES: dict[str, str] = {
-    "riveg.store": PIPELINE_QUEUE,
-    "riveg.knowledge": "riveg.llm",
-    "riveg.mner": "riveg.mner",
-    "riveg.expand": "riveg.llm",
-    "riveg.ve": "riveg.ve",
-    "riveg.vg": "riveg.vg",
-    "riveg.seg": "riveg.seg",
-    "riveg.assemble": PIPELINE_QUEUE,
+    "riveg.store": "pipeline",
+    "riveg.knowledge": "llm",
+    "riveg.mner": "mner",
+    "riveg.expand": "llm",
+    "riveg.ve": "ve",
+    "riveg.vg": "vg",
+    "riveg.seg": "seg",
+    "riveg.assemble": "pipeline",
 }
+
+
+def queue_name(settings: Settings, name: str) -> str:
+    """The broker queue of a stage (or "pipeline"): ``<queue_prefix>.<name>``."""
+    return f"{settings.queue_prefix}.{name}"
+
 
 app = Celery("riveg", include=["riveg.orchestration.tasks"])
 
@@ -37,8 +42,8 @@ def configure_app(settings: Settings | None = None) -> Celery:
         "result_serializer": "json",
         "accept_content": ["json"],
         "result_accept_content": ["json"],
-        "task_routes": {name: {"queue": queue} for name, queue in ROUTES.items()},
-        "task_default_queue": PIPELINE_QUEUE,
+        "task_routes": {task: {"queue": queue_name(settings, q)} for task, q in ROUTES.items()},
+        "task_default_queue": queue_name(settings, "pipeline"),
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "task_time_limit": settings.task_time_limit_s,

@@ -305,16 +305,17 @@ def serve(stage: str, port: int | None, config_file: str | None) -> None:
 def worker(
     queues: tuple[str, ...], concurrency: int, broker_url: str | None, config_file: str | None
 ) -> None:
-    """Run a Celery worker consuming the given stage queues (riveg.<queue>)."""
-    from riveg.orchestration.celery_app import configure_app
+    """Run a Celery worker consuming the given stage queues (<queue_prefix>.<queue>)."""
+    from riveg.orchestration.celery_app import configure_app, queue_name
 
     settings = cli_settings(config_file, broker_url=broker_url)
     if settings.embedded:
         raise click.ClickException("a worker needs a broker: set RIVEG_BROKER_URL or --broker")
     app = configure_app(settings)
-    names = ",".join(f"riveg.{q}" for q in queues)
+    names = ",".join(queue_name(settings, q) for q in queues)
+    node = f"{settings.queue_prefix}-{'+'.join(queues)}@%h"
     app.worker_main([
-        "worker", "-Q", names, "-n", f"{'+'.join(queues)}@%h", "--pool", "threads",
+        "worker", "-Q", names, "-n", node, "--pool", "threads",
         "-c", str(concurrency), "--loglevel", settings.log_level, "--without-gossip",
         "--without-mingle",
     ])  # fmt: skip

@@ -103,7 +103,8 @@ class Launcher:
         def all_answer() -> bool:
             self._check_alive()
             replies = app.control.ping(timeout=1.0) or []
-            return len(replies) >= len(queues)
+            mine = {n for r in replies for n in r if n.startswith(f"{self.settings.queue_prefix}-")}
+            return len(mine) >= len(queues)
 
         self._wait(all_answer, 120, "the Celery workers")
 
