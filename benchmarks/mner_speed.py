@@ -1,0 +1,70 @@
+"""Inference throughput of an MNER model through the ``crf`` backend (raw text in, character
+spans out), batched, without knowledge by default. Writes ``benchmarks/results/mner_speed.json``.
+
+    python benchmarks/mner_speed.py [--model DIR] [--threads 2] [--knowledge]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="model folder (default: the shipped weights)")
+    parser.add_argument("--dataset", default="twitter_gmner")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--knowledge", action="store_true", help="append the ChatGPT knowledge")
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    sys.path.insert(0, str(ROOT))
+    if args.model:
+        os.environ["RIVEG_MNER_MODEL"] = args.model
+    import torch
+
+    from riveg.common.config import Settings
+    from riveg.mner.data import load_split
+    from services.mner.crf import CrfMnerBackend, model_dir_for
+
+    settings = Settings(torch_threads=args.threads)
+    backend = CrfMnerBackend(settings)
+    backend.batch_size = args.batch_size
+    backend.load()
+    posts = load_split(args.dataset, "dev", with_knowledge=args.knowledge)
+    texts = [p.text for p in posts]
+    knowledge = [" ".join(p.knowledge) or None for p in posts] if args.knowledge else None
+    rates = []
+    for _ in range(args.repeats):
+        began = time.perf_counter()
+        backend.recognize(texts, knowledge)
+        rates.append(len(texts) / (time.perf_counter() - began))
+    result = {
+        "model": str(model_dir_for(settings)),
+        "dataset": args.dataset,
+        "posts": len(texts),
+        "knowledge": args.knowledge,
+        "batch_size": args.batch_size,
+        "torch_threads": torch.get_num_threads(),
+        "posts_per_s": round(max(rates), 1),
+        "posts_per_s_runs": [round(r, 1) for r in rates],
+        "load_average_1m": round(os.getloadavg()[0], 2),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cpus",
+    }
+    out = ROOT / "benchmarks" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    name = "mner_speed_knowledge.json" if args.knowledge else "mner_speed.json"
+    (out / name).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
