@@ -110,6 +110,50 @@ def run(args: argparse.Namespace) -> Path:
     return path
 
 
+def backend_score(name: str, dataset: str, with_knowledge: bool, model: str | None) -> Path:
+    """Dev F1 of a serving backend on raw post text (character spans, exact match)."""
+    import os
+
+    sys.path.insert(0, str(ROOT))
+    if model:
+        os.environ["RIVEG_MNER_MODEL"] = model
+    import services.mner.crf  # noqa: F401  (registers "crf")
+    from riveg.common.config import Settings
+    from riveg.evaluation.spans import score_spans
+    from riveg.mner.data import load_split
+    from services.mner.backends import MNER_BACKENDS
+
+    backend = MNER_BACKENDS.create(name, Settings(torch_threads=2))
+    backend.load()
+    posts = load_split(dataset, "dev", with_knowledge=with_knowledge)
+    knowledge = [" ".join(p.knowledge) or None for p in posts] if with_knowledge else None
+    began = time.perf_counter()
+    predicted = backend.recognize([p.text for p in posts], knowledge)
+    seconds = time.perf_counter() - began
+    gold = [[(e["start"], e["end"], e["type"]) for e in p.entities()] for p in posts]
+    pred = [[(e["start"], e["end"], e["type"]) for e in ents] for ents in predicted]
+    scores = score_spans(gold, pred)
+    result = {
+        "dataset": dataset,
+        "split": "dev",
+        "backend": name,
+        "model": backend.model,
+        "knowledge": with_knowledge,
+        "path": "raw post text -> backend.recognize -> character spans",
+        "posts_per_s": round(len(posts) / seconds, 1),
+        **{k: scores[k] for k in ("precision", "recall", "f1", "n_gold", "n_pred")},
+        "per_type": {
+            k: {m: v[m] for m in ("precision", "recall", "f1", "n_gold", "n_pred")}
+            for k, v in scores["per_type"].items()
+        },
+    }
+    suffix = "_knowledge" if with_knowledge else ""
+    path = RESULTS / f"mner_backend_{name}_{dataset}{suffix}.json"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return path
+
+
 def table() -> str:
     """Markdown table from the result files, beside the paper's numbers."""
     lines = [
@@ -119,7 +163,7 @@ def table() -> str:
     ]
     for path in sorted(RESULTS.glob("mner_*.json")):
         r = json.loads(path.read_text())
-        if "dataset" not in r:
+        if "mode" not in r:
             continue
         without = r["dev_without_knowledge"]["f1"] * 100
         with_k = r.get("dev_with_knowledge", {}).get("f1")
@@ -152,7 +196,12 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--tag", default="", help="suffix of the run and result names")
     parser.add_argument("--table", action="store_true", help="print the README table and exit")
+    parser.add_argument("--backend", help="score a serving backend (spacy, crf) on raw dev text")
     args = parser.parse_args()
+    if args.backend:
+        dataset = args.dataset or "twitter_gmner"
+        print(backend_score(args.backend, dataset, args.mode == "knowledge", args.model))
+        return
     if args.table:
         print(table())
         return
