@@ -10,6 +10,18 @@ import structlog
 _configured = False
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time (test runners swap it)."""
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: object) -> None:
+        pass
+
+
 def configure_logging(level: str = "INFO", fmt: str = "console") -> None:
     """Route structlog and stdlib logging to stderr, with context variables (e.g. job_id) merged."""
     global _configured
@@ -30,7 +42,7 @@ def configure_logging(level: str = "INFO", fmt: str = "console") -> None:
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,

@@ -75,6 +75,7 @@ class EmbeddedCluster:
         self.store = store or open_store(settings)
         self.servers: dict[str, StageServer] = {}
         self.load_seconds: dict[str, float] = {}
+        self.runtime: Runtime | None = None
 
     def start(self) -> Runtime:
         """Start every server, load every model, and return a runtime pointing at them."""
@@ -88,7 +89,8 @@ class EmbeddedCluster:
             started = time.perf_counter()
             server.load_model()
             self.load_seconds[stage] = round(time.perf_counter() - started, 2)
-        return Runtime(self.settings, self.store, addrs)
+        self.runtime = Runtime(self.settings, self.store, addrs)
+        return self.runtime
 
     def stop(self) -> None:
         """Stop every server (in-flight calls finish first)."""

@@ -1,22 +1,21 @@
-from typing import ClassVar as _ClassVar
-
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from typing import ClassVar as _ClassVar, Optional as _Optional
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ImageRef(_message.Message):
-    __slots__ = ("height", "key", "width")
+    __slots__ = ("key", "width", "height")
     KEY_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
     key: str
     width: int
     height: int
-    def __init__(self, key: str | None = ..., width: int | None = ..., height: int | None = ...) -> None: ...
+    def __init__(self, key: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ...) -> None: ...
 
 class Entity(_message.Message):
-    __slots__ = ("end", "expression", "score", "start", "text", "type")
+    __slots__ = ("text", "start", "end", "type", "expression", "score")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
     END_FIELD_NUMBER: _ClassVar[int]
@@ -29,10 +28,10 @@ class Entity(_message.Message):
     type: str
     expression: str
     score: float
-    def __init__(self, text: str | None = ..., start: int | None = ..., end: int | None = ..., type: str | None = ..., expression: str | None = ..., score: float | None = ...) -> None: ...
+    def __init__(self, text: _Optional[str] = ..., start: _Optional[int] = ..., end: _Optional[int] = ..., type: _Optional[str] = ..., expression: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
 
 class Box(_message.Message):
-    __slots__ = ("x1", "x2", "y1", "y2")
+    __slots__ = ("x1", "y1", "x2", "y2")
     X1_FIELD_NUMBER: _ClassVar[int]
     Y1_FIELD_NUMBER: _ClassVar[int]
     X2_FIELD_NUMBER: _ClassVar[int]
@@ -41,10 +40,10 @@ class Box(_message.Message):
     y1: float
     x2: float
     y2: float
-    def __init__(self, x1: float | None = ..., y1: float | None = ..., x2: float | None = ..., y2: float | None = ...) -> None: ...
+    def __init__(self, x1: _Optional[float] = ..., y1: _Optional[float] = ..., x2: _Optional[float] = ..., y2: _Optional[float] = ...) -> None: ...
 
 class Mask(_message.Message):
-    __slots__ = ("height", "png_key", "rle_counts", "width")
+    __slots__ = ("height", "width", "rle_counts", "png_key")
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
     RLE_COUNTS_FIELD_NUMBER: _ClassVar[int]
@@ -53,18 +52,18 @@ class Mask(_message.Message):
     width: int
     rle_counts: str
     png_key: str
-    def __init__(self, height: int | None = ..., width: int | None = ..., rle_counts: str | None = ..., png_key: str | None = ...) -> None: ...
+    def __init__(self, height: _Optional[int] = ..., width: _Optional[int] = ..., rle_counts: _Optional[str] = ..., png_key: _Optional[str] = ...) -> None: ...
 
 class CurrentModelRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class CurrentModelResponse(_message.Message):
-    __slots__ = ("backend", "model", "ready")
+    __slots__ = ("model", "ready", "backend")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     model: str
     ready: bool
     backend: str
-    def __init__(self, model: str | None = ..., ready: bool = ..., backend: str | None = ...) -> None: ...
+    def __init__(self, model: _Optional[str] = ..., ready: bool = ..., backend: _Optional[str] = ...) -> None: ...

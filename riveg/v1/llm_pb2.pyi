@@ -1,24 +1,20 @@
-from collections.abc import Iterable as _Iterable
-from collections.abc import Mapping as _Mapping
-from typing import ClassVar as _ClassVar
-
+from riveg.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from google.protobuf.internal import containers as _containers
-
-from riveg.v1 import common_pb2 as _common_pb2
+from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Mapping, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class KnowledgeRequest(_message.Message):
-    __slots__ = ("image", "image_description", "text")
+    __slots__ = ("text", "image", "image_description")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     IMAGE_DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     text: str
     image: _common_pb2.ImageRef
     image_description: str
-    def __init__(self, text: str | None = ..., image: _common_pb2.ImageRef | _Mapping | None = ..., image_description: str | None = ...) -> None: ...
+    def __init__(self, text: _Optional[str] = ..., image: _Optional[_Union[_common_pb2.ImageRef, _Mapping]] = ..., image_description: _Optional[str] = ...) -> None: ...
 
 class KnowledgeResponse(_message.Message):
     __slots__ = ("knowledge", "model")
@@ -26,17 +22,17 @@ class KnowledgeResponse(_message.Message):
     MODEL_FIELD_NUMBER: _ClassVar[int]
     knowledge: str
     model: str
-    def __init__(self, knowledge: str | None = ..., model: str | None = ...) -> None: ...
+    def __init__(self, knowledge: _Optional[str] = ..., model: _Optional[str] = ...) -> None: ...
 
 class ExpandRequest(_message.Message):
-    __slots__ = ("entities", "knowledge", "text")
+    __slots__ = ("text", "entities", "knowledge")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     ENTITIES_FIELD_NUMBER: _ClassVar[int]
     KNOWLEDGE_FIELD_NUMBER: _ClassVar[int]
     text: str
     entities: _containers.RepeatedCompositeFieldContainer[_common_pb2.Entity]
     knowledge: str
-    def __init__(self, text: str | None = ..., entities: _Iterable[_common_pb2.Entity | _Mapping] | None = ..., knowledge: str | None = ...) -> None: ...
+    def __init__(self, text: _Optional[str] = ..., entities: _Optional[_Iterable[_Union[_common_pb2.Entity, _Mapping]]] = ..., knowledge: _Optional[str] = ...) -> None: ...
 
 class ExpandResponse(_message.Message):
     __slots__ = ("entities", "model")
@@ -44,4 +40,4 @@ class ExpandResponse(_message.Message):
     MODEL_FIELD_NUMBER: _ClassVar[int]
     entities: _containers.RepeatedCompositeFieldContainer[_common_pb2.Entity]
     model: str
-    def __init__(self, entities: _Iterable[_common_pb2.Entity | _Mapping] | None = ..., model: str | None = ...) -> None: ...
+    def __init__(self, entities: _Optional[_Iterable[_Union[_common_pb2.Entity, _Mapping]]] = ..., model: _Optional[str] = ...) -> None: ...

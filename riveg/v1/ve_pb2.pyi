@@ -1,22 +1,18 @@
-from collections.abc import Iterable as _Iterable
-from collections.abc import Mapping as _Mapping
-from typing import ClassVar as _ClassVar
-
+from riveg.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from google.protobuf.internal import containers as _containers
-
-from riveg.v1 import common_pb2 as _common_pb2
+from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Mapping, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class EntailRequest(_message.Message):
-    __slots__ = ("entities", "image")
+    __slots__ = ("image", "entities")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     ENTITIES_FIELD_NUMBER: _ClassVar[int]
     image: _common_pb2.ImageRef
     entities: _containers.RepeatedCompositeFieldContainer[_common_pb2.Entity]
-    def __init__(self, image: _common_pb2.ImageRef | _Mapping | None = ..., entities: _Iterable[_common_pb2.Entity | _Mapping] | None = ...) -> None: ...
+    def __init__(self, image: _Optional[_Union[_common_pb2.ImageRef, _Mapping]] = ..., entities: _Optional[_Iterable[_Union[_common_pb2.Entity, _Mapping]]] = ...) -> None: ...
 
 class Entailment(_message.Message):
     __slots__ = ("groundable", "score")
@@ -24,12 +20,12 @@ class Entailment(_message.Message):
     SCORE_FIELD_NUMBER: _ClassVar[int]
     groundable: bool
     score: float
-    def __init__(self, groundable: bool = ..., score: float | None = ...) -> None: ...
+    def __init__(self, groundable: bool = ..., score: _Optional[float] = ...) -> None: ...
 
 class EntailResponse(_message.Message):
-    __slots__ = ("model", "results")
+    __slots__ = ("results", "model")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[Entailment]
     model: str
-    def __init__(self, results: _Iterable[Entailment | _Mapping] | None = ..., model: str | None = ...) -> None: ...
+    def __init__(self, results: _Optional[_Iterable[_Union[Entailment, _Mapping]]] = ..., model: _Optional[str] = ...) -> None: ...

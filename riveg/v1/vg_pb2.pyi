@@ -1,37 +1,33 @@
-from collections.abc import Iterable as _Iterable
-from collections.abc import Mapping as _Mapping
-from typing import ClassVar as _ClassVar
-
+from riveg.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from google.protobuf.internal import containers as _containers
-
-from riveg.v1 import common_pb2 as _common_pb2
+from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Mapping, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class GroundRequest(_message.Message):
-    __slots__ = ("entities", "image")
+    __slots__ = ("image", "entities")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     ENTITIES_FIELD_NUMBER: _ClassVar[int]
     image: _common_pb2.ImageRef
     entities: _containers.RepeatedCompositeFieldContainer[_common_pb2.Entity]
-    def __init__(self, image: _common_pb2.ImageRef | _Mapping | None = ..., entities: _Iterable[_common_pb2.Entity | _Mapping] | None = ...) -> None: ...
+    def __init__(self, image: _Optional[_Union[_common_pb2.ImageRef, _Mapping]] = ..., entities: _Optional[_Iterable[_Union[_common_pb2.Entity, _Mapping]]] = ...) -> None: ...
 
 class Grounding(_message.Message):
-    __slots__ = ("box", "found", "score")
+    __slots__ = ("found", "box", "score")
     FOUND_FIELD_NUMBER: _ClassVar[int]
     BOX_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     found: bool
     box: _common_pb2.Box
     score: float
-    def __init__(self, found: bool = ..., box: _common_pb2.Box | _Mapping | None = ..., score: float | None = ...) -> None: ...
+    def __init__(self, found: bool = ..., box: _Optional[_Union[_common_pb2.Box, _Mapping]] = ..., score: _Optional[float] = ...) -> None: ...
 
 class GroundResponse(_message.Message):
-    __slots__ = ("model", "results")
+    __slots__ = ("results", "model")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[Grounding]
     model: str
-    def __init__(self, results: _Iterable[Grounding | _Mapping] | None = ..., model: str | None = ...) -> None: ...
+    def __init__(self, results: _Optional[_Iterable[_Union[Grounding, _Mapping]]] = ..., model: _Optional[str] = ...) -> None: ...

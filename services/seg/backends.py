@@ -77,4 +77,8 @@ class GrabCutSegBackend(SegBackend):
             mask = np.isin(mask, (cv2.GC_FGD, cv2.GC_PR_FGD)).astype(np.uint8)
         if mask.shape != size:
             mask = cv2.resize(mask, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
-        return mask
+        # A box-prompted mask stays inside its box (rescaling can spill a pixel or two).
+        inside = np.zeros_like(mask)
+        x1, y1 = max(0, int(np.floor(box[0]))), max(0, int(np.floor(box[1])))
+        inside[y1 : int(np.ceil(box[3])), x1 : int(np.ceil(box[2]))] = 1
+        return mask * inside

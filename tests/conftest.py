@@ -1,0 +1,101 @@
+"""Shared fixtures: the sample post, an in-process cluster of the five real stage servers, and
+an S3 server (nanio) on loopback."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from riveg.common.config import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_IMAGE = ROOT / "samples" / "astronaut.jpg"
+SAMPLE_TEXT = (
+    "Astronaut Eileen Collins poses before commanding Discovery at NASA 's Johnson Space Center "
+    "in Houston ."
+)
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 30.0) -> None:
+    """Block until 127.0.0.1:port accepts connections."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError(f"nothing listens on port {port} after {timeout}s")
+
+
+@pytest.fixture(scope="session")
+def sample_bytes() -> bytes:
+    return SAMPLE_IMAGE.read_bytes()
+
+
+@pytest.fixture(scope="session")
+def embedded_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return load_settings(store="local", store_path=tmp_path_factory.mktemp("store"))
+
+
+@pytest.fixture(scope="session")
+def embedded(embedded_settings: Settings) -> Iterator:
+    """The five real stage servers in this process on loopback (an EmbeddedCluster)."""
+    from riveg.orchestration.celery_app import configure_app
+    from riveg.orchestration.runtime import EmbeddedCluster, set_runtime
+
+    configure_app(embedded_settings)
+    servers = EmbeddedCluster(embedded_settings)
+    set_runtime(servers.start())
+    yield servers
+    set_runtime(None)
+    servers.runtime.close()
+    servers.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster(embedded):
+    """The runtime of the in-process cluster: store and a client per stage."""
+    return embedded.runtime
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A nanio S3 server on a free loopback port; yields RIVEG_* settings that reach it."""
+    nanio = shutil.which("nanio", path=str(Path(sys.executable).parent)) or shutil.which("nanio")
+    if nanio is None:
+        pytest.skip("nanio (the S3 test server) is not installed: pip install nanio")
+    port = free_port()
+    env = {**os.environ, "NANIO_ACCESS_KEY": "testkey", "NANIO_SECRET_KEY": "testsecret123"}
+    process = subprocess.Popen(
+        [nanio, "serve", "--host", "127.0.0.1", "--port", str(port), "--data-dir",
+         str(tmp_path_factory.mktemp("s3")), "--no-access-log", "--log-level", "warning"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_port(port)
+        yield {
+            "RIVEG_STORE": "s3",
+            "RIVEG_S3_ENDPOINT": f"127.0.0.1:{port}",
+            "RIVEG_S3_ACCESS_KEY": "testkey",
+            "RIVEG_S3_SECRET_KEY": "testsecret123",
+            "RIVEG_S3_BUCKET": "riveg-test",
+        }
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
