@@ -25,10 +25,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--knowledge", action="store_true", help="append the ChatGPT knowledge")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--quantize", action="store_true", help="dynamic int8 encoder")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     if args.model:
         os.environ["RIVEG_MNER_MODEL"] = args.model
+    os.environ["RIVEG_MNER_QUANTIZE"] = "1" if args.quantize else "0"
     import torch
 
     from riveg.common.config import Settings
@@ -52,6 +54,7 @@ def main() -> None:
         "dataset": args.dataset,
         "posts": len(texts),
         "knowledge": args.knowledge,
+        "quantize": args.quantize,
         "batch_size": args.batch_size,
         "torch_threads": torch.get_num_threads(),
         "posts_per_s": round(max(rates), 1),
@@ -61,7 +64,10 @@ def main() -> None:
     }
     out = ROOT / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
-    name = "mner_speed_knowledge.json" if args.knowledge else "mner_speed.json"
+    name = (
+        "mner_speed" + ("_knowledge" if args.knowledge else "") + ("_int8" if args.quantize else "")
+    )
+    name += ".json"
     (out / name).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))
 

@@ -168,6 +168,10 @@ def test_save_load_round_trip(encoder_dir: Path, tmp_path: Path, case: str) -> N
         assert handle.get_tensor(key).dtype == torch.float16
     loaded_half, _ = load_tagger(half)
     assert torch.allclose(before, loaded_half.emissions(batch), atol=5e-2)
+    if case == "input":
+        quantized, _ = load_tagger(half, quantize=True)
+        assert not any(type(m) is torch.nn.Linear for m in quantized.encoder.modules())
+        assert quantized.emissions(batch).shape == before.shape
 
 
 def test_load_rejects_non_model(tmp_path: Path) -> None:

@@ -3,7 +3,8 @@
 Raw post text is split into words with character offsets (:func:`riveg.mner.data.split_words`,
 the Twitter-GMNER tokenisation), tagged with the optional knowledge appended, and entities are
 returned as character spans of the raw text. The model folder is ``RIVEG_MNER_MODEL`` (or a
-``mner_model`` setting) when set, else the shipped weights in ``services/mner/weights``.
+``mner_model`` setting) when set, else the shipped weights in ``services/mner/weights``;
+``RIVEG_MNER_QUANTIZE=1`` runs the encoder in dynamic int8.
 """
 
 from __future__ import annotations
@@ -24,6 +25,14 @@ def model_dir_for(settings: Any) -> Path:
     return Path(chosen) if chosen else default_model_dir()
 
 
+def quantize_for(settings: Any) -> bool:
+    """Whether to run the encoder in dynamic int8 (``RIVEG_MNER_QUANTIZE=1``)."""
+    chosen = getattr(settings, "mner_quantize", None)
+    if chosen is None:
+        chosen = os.environ.get("RIVEG_MNER_QUANTIZE", "0").lower() in ("1", "true", "yes")
+    return bool(chosen)
+
+
 @MNER_BACKENDS.register("crf")
 class CrfMnerBackend(MnerBackend):
     """Encoder + CRF over the post and (when given) LLM knowledge; ``score`` is the mean
@@ -41,7 +50,7 @@ class CrfMnerBackend(MnerBackend):
         if self.settings.torch_threads and self.settings.torch_threads > 0:
             torch.set_num_threads(self.settings.torch_threads)
         folder = model_dir_for(self.settings)
-        self.tagger, self.encoder = load_tagger(folder)
+        self.tagger, self.encoder = load_tagger(folder, quantize=quantize_for(self.settings))
         encoder_name = self.tagger.config.encoder_name or "encoder"
         self.name = f"crf-{encoder_name}"
         self.version = str(self.tagger.config.extra.get("version", "1"))
