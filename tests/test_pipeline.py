@@ -1,0 +1,152 @@
+"""The embedded pipeline: the chain's result, bad input, and the analyze/batch commands."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from riveg.common.backend import InvalidInput
+from riveg.common.images import rle_to_mask
+from riveg.orchestration.pipeline import STEPS, submit_post
+from riveg.orchestration.tasks import PostError
+from tests.conftest import SAMPLE_IMAGE, SAMPLE_TEXT
+
+ENTITY_KEYS = {"text", "start", "end", "type", "expansion", "groundable", "ve_score", "box", "mask"}
+
+
+@pytest.fixture(scope="module")
+def sample_result(cluster, sample_bytes) -> dict:
+    return submit_post(cluster, SAMPLE_TEXT, sample_bytes, "astronaut").get()
+
+
+def test_result_has_the_documented_shape(sample_result) -> None:
+    result = sample_result
+    assert set(result) == {"id", "text", "entities", "models", "timings_ms"}
+    assert result["id"] == "astronaut" and result["text"] == SAMPLE_TEXT
+    assert set(result["models"]) == {"llm", "mner", "ve", "vg", "seg"}
+    assert all("@" in model for model in result["models"].values())
+    assert set(result["timings_ms"]) == set(STEPS) - {"knowledge"}
+    assert result["entities"], "the sample post names entities"
+    for entity in result["entities"]:
+        assert set(entity) == ENTITY_KEYS
+        assert SAMPLE_TEXT[entity["start"] : entity["end"]] == entity["text"]
+        assert entity["expansion"].startswith(f"{entity['text']}({entity['type']})")
+
+
+def test_the_person_is_grounded_and_segmented(sample_result) -> None:
+    people = [e for e in sample_result["entities"] if e["type"] == "PER"]
+    assert people and all(p["groundable"] and p["box"] and p["mask"] for p in people)
+    mask = rle_to_mask(people[0]["mask"])
+    assert mask.shape == (512, 512) and mask[120, 225] == 1  # the face is in the mask
+    others = [e for e in sample_result["entities"] if e["type"] != "PER"]
+    assert others and all(not e["groundable"] and e["box"] is None for e in others)
+
+
+def test_the_result_is_kept_in_the_object_store(cluster, sample_bytes) -> None:
+    submission = submit_post(cluster, "Eileen Collins at NASA", sample_bytes, "kept")
+    result = submission.get()
+    assert cluster.store.get_json(f"results/{submission.job_id}.json") == result
+    assert cluster.store.exists(f"images/{submission.job_id}")
+
+
+def test_knowledge_step_runs_when_asked(cluster, sample_bytes) -> None:
+    result = submit_post(cluster, "Eileen Collins at NASA", sample_bytes, "k", knowledge=True).get()
+    assert "knowledge" in result["timings_ms"]
+
+
+def test_bad_posts_fail_clearly_and_the_next_post_still_works(cluster, sample_bytes) -> None:
+    with pytest.raises(PostError, match="not an image"):
+        submit_post(cluster, "Obama in Paris", b"GIF89a but not really", "junk").get()
+    with pytest.raises(InvalidInput, match="empty"):
+        submit_post(cluster, "   ", sample_bytes, "empty")
+    assert submit_post(cluster, "Eileen Collins at NASA", sample_bytes, "fine").get()["entities"]
+
+
+def test_a_post_without_entities_completes(cluster, sample_bytes) -> None:
+    result = submit_post(cluster, "what a lovely day it is", sample_bytes, "none").get()
+    assert result["entities"] == []
+
+
+def _write_batch(folder: Path) -> Path:
+    (folder / "images").mkdir()
+    (folder / "images" / "a.jpg").write_bytes(SAMPLE_IMAGE.read_bytes())
+    (folder / "images" / "junk.jpg").write_bytes(b"not an image at all")
+    lines = [
+        json.dumps({"id": "p1", "text": "Eileen Collins at NASA", "image": "a.jpg"}),
+        "{this is not json",
+        json.dumps({"id": "p2", "text": "Obama in Paris", "image": "junk.jpg"}),
+        json.dumps({"id": "p3", "text": "Houston , Texas", "image": "missing.jpg"}),
+        json.dumps({"id": "p4", "text": "Discovery launches from Florida", "image": "a.jpg"}),
+    ]
+    posts = folder / "posts.jsonl"
+    posts.write_text("\n".join(lines) + "\n")
+    return posts
+
+
+def test_batch_records_failures_and_resumes(cluster, tmp_path, monkeypatch) -> None:
+    from riveg.orchestration import commands
+
+    @contextmanager
+    def reuse(settings):
+        yield cluster
+
+    monkeypatch.setattr(commands, "pipeline_runtime", reuse)
+    posts = _write_batch(tmp_path)
+    out = tmp_path / "out.jsonl"
+    runner = CliRunner()
+    first = runner.invoke(commands.batch, [str(posts), "--images", str(tmp_path / "images"),
+                                           "--out", str(out), "--json"])  # fmt: skip
+    assert first.exit_code == 1, first.output  # some posts failed
+    summary = json.loads(first.stdout.strip().splitlines()[-1])
+    assert (summary["done"], summary["failed"], summary["skipped"]) == (2, 3, 0)
+    records = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert set(records) == {"p1", "line-2", "p2", "p3", "p4"}
+    assert "not an image" in records["p2"]["error"]
+    assert "missing.jpg" in records["p3"]["error"]
+    assert "not JSON" in records["line-2"]["error"]
+    assert records["p1"]["entities"] and records["p4"]["id"] == "p4"
+    # Fix one post and run again: finished posts are skipped, failures are tried again.
+    (tmp_path / "images" / "missing.jpg").write_bytes(SAMPLE_IMAGE.read_bytes())
+    second = runner.invoke(commands.batch, [str(posts), "--images", str(tmp_path / "images"),
+                                            "--out", str(out), "--json"])  # fmt: skip
+    summary = json.loads(second.stdout.strip().splitlines()[-1])
+    assert (summary["done"], summary["failed"], summary["skipped"]) == (1, 2, 2)
+    final = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(r["id"] for r in final) == ["line-2", "p1", "p2", "p3", "p4"]
+    assert "error" not in next(r for r in final if r["id"] == "p3")
+
+
+@pytest.mark.slow
+def test_analyze_command_end_to_end(tmp_path) -> None:
+    """`riveg analyze` as a user runs it: JSON on stdout, logs on stderr, overlay written."""
+    riveg = str(Path(sys.executable).parent / "riveg")
+    env_store = {"RIVEG_STORE_PATH": str(tmp_path / "store")}
+    done = subprocess.run(
+        [riveg, "analyze", "--text", SAMPLE_TEXT, "--image", str(SAMPLE_IMAGE), "--id", "cli",
+         "--out", str(tmp_path / "out"), "--json"],
+        capture_output=True, text=True, timeout=600, env={**_env(), **env_store},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["id"] == "cli" and result["entities"]
+    assert (tmp_path / "out" / "cli.png").stat().st_size > 10_000
+    assert json.loads((tmp_path / "out" / "cli.json").read_text()) == result
+    assert "analyzed" in done.stderr
+
+    bad = subprocess.run(
+        [riveg, "analyze", "--text", "hi", "--image", str(tmp_path / "out" / "cli.json")],
+        capture_output=True, text=True, timeout=600, env={**_env(), **env_store},
+    )  # fmt: skip
+    assert bad.returncode != 0 and "not an image" in bad.stderr and bad.stdout == ""
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    return {k: v for k, v in os.environ.items() if not k.startswith("RIVEG_")}
