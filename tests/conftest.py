@@ -15,20 +15,10 @@ from pathlib import Path
 import pytest
 
 from riveg.common.config import Settings, load_settings
+from riveg.orchestration.launcher import free_port
+from riveg.sample import SAMPLE_IMAGE, SAMPLE_TEXT
 
-ROOT = Path(__file__).resolve().parents[1]
-SAMPLE_IMAGE = ROOT / "samples" / "astronaut.jpg"
-SAMPLE_TEXT = (
-    "Astronaut Eileen Collins poses before commanding Discovery at NASA 's Johnson Space Center "
-    "in Houston ."
-)
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+__all__ = ["SAMPLE_IMAGE", "SAMPLE_TEXT", "free_port"]
 
 
 def wait_port(port: int, timeout: float = 30.0) -> None:

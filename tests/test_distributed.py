@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import threading
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-from riveg.orchestration.launcher import port_open
+from riveg.orchestration.launcher import port_open, spawn_up, stop_up
 from riveg.orchestration.pipeline import submit_post
 from tests.conftest import SAMPLE_IMAGE, free_port
 
@@ -52,34 +49,12 @@ def distributed(tmp_path_factory: pytest.TempPathFactory):
         **{f"RIVEG_{s.upper()}_ADDR": f"127.0.0.1:{free_port()}"
            for s in ("llm", "mner", "ve", "vg", "seg")},
     })  # fmt: skip
-    riveg = str(Path(sys.executable).parent / "riveg")
-    process = subprocess.Popen(
-        [riveg, "up", "--state-dir", str(state), "--concurrency", "2"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        start_new_session=True,
-    )  # fmt: skip
-    ready: dict = {}
-
-    def read() -> None:
-        for line in process.stdout:
-            if line.startswith("{"):
-                ready.update(json.loads(line))
-
-    threading.Thread(target=read, daemon=True).start()
-    deadline = time.monotonic() + 600
-    while not ready and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.5)
-    if not ready:
-        process.kill()
-        logs = "\n".join(p.read_text()[-1500:] for p in (state / "logs").glob("*.log"))
-        pytest.fail(f"riveg up did not become ready (exit {process.poll()}):\n{logs}")
-    yield {"env": env, "state": state, "ready": ready}
-    process.send_signal(signal.SIGTERM)
     try:
-        process.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        raise
+        process, ready = spawn_up(env, state, concurrency=2)
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    yield {"env": env, "state": state, "ready": ready}
+    stop_up(process)
 
 
 def test_up_reports_every_process(distributed) -> None:

@@ -35,7 +35,7 @@ class Settings(BaseSettings):
     # Orchestration
     broker_url: str | None = Field(None, description="Celery broker; unset = embedded mode")
     result_backend: str = Field("redis://127.0.0.1:6379/0", description="Celery result backend")
-    queue_prefix: str = Field("riveg", description="Celery queues are <prefix>.<stage>")
+    queue_prefix: str = Field("riveg", description="Celery queues are `<prefix>.<stage>`")
     knowledge: bool = Field(False, description="run the LLM knowledge step before MNER")
     task_time_limit_s: int = Field(600, description="hard limit of one stage task")
 
@@ -43,37 +43,44 @@ class Settings(BaseSettings):
     store: Literal["local", "s3"] | None = Field(
         None, description="object store kind; default: s3 with a broker, else local"
     )
-    store_path: Path = Field(default_factory=lambda: default_cache_dir() / "store")
-    s3_endpoint: str = "127.0.0.1:9000"
-    s3_access_key: str = "minioadmin"
-    s3_secret_key: str = "minioadmin"
-    s3_bucket: str = "riveg"
-    s3_secure: bool = False
+    store_path: Path = Field(
+        default_factory=lambda: default_cache_dir() / "store",
+        description="folder of the local store (default: <cache>/store)",
+    )
+    s3_endpoint: str = Field("127.0.0.1:9000", description="S3/MinIO host:port")
+    s3_access_key: str = Field("minioadmin", description="S3 access key (a Secret in k8s)")
+    s3_secret_key: str = Field("minioadmin", description="S3 secret key (a Secret in k8s)")
+    s3_bucket: str = Field("riveg", description="bucket holding images, masks and results")
+    s3_secure: bool = Field(False, description="use HTTPS to reach S3")
 
     # Stage servers: where clients find them, which backend each serves
-    llm_addr: str = f"127.0.0.1:{DEFAULT_PORTS['llm']}"
-    mner_addr: str = f"127.0.0.1:{DEFAULT_PORTS['mner']}"
-    ve_addr: str = f"127.0.0.1:{DEFAULT_PORTS['ve']}"
-    vg_addr: str = f"127.0.0.1:{DEFAULT_PORTS['vg']}"
-    seg_addr: str = f"127.0.0.1:{DEFAULT_PORTS['seg']}"
-    llm_backend: str = "gemma"
-    mner_backend: str = "spacy"
-    ve_backend: str = "person"
-    vg_backend: str = "person"
-    seg_backend: str = "grabcut"
+    llm_addr: str = Field(f"127.0.0.1:{DEFAULT_PORTS['llm']}", description="LLM server host:port")
+    mner_addr: str = Field(
+        f"127.0.0.1:{DEFAULT_PORTS['mner']}", description="MNER server host:port"
+    )
+    ve_addr: str = Field(f"127.0.0.1:{DEFAULT_PORTS['ve']}", description="VE server host:port")
+    vg_addr: str = Field(f"127.0.0.1:{DEFAULT_PORTS['vg']}", description="VG server host:port")
+    seg_addr: str = Field(f"127.0.0.1:{DEFAULT_PORTS['seg']}", description="SEG server host:port")
+    llm_backend: str = Field("gemma", description="LLM backend: gemma")
+    mner_backend: str = Field("spacy", description="MNER backend: spacy")
+    ve_backend: str = Field("person", description="VE backend: person")
+    vg_backend: str = Field("person", description="VG backend: person")
+    seg_backend: str = Field("grabcut", description="SEG backend: grabcut")
     grpc_port: int | None = Field(None, description="server port override (default: the addr's)")
-    grpc_workers: int = 4
-    grpc_max_message_mb: int = 32
-    rpc_timeout_s: float = 120.0
-    shutdown_grace_s: float = 10.0
+    grpc_workers: int = Field(4, description="threads serving RPCs per server")
+    grpc_max_message_mb: int = Field(32, description="largest gRPC message, both directions")
+    rpc_timeout_s: float = Field(120.0, description="deadline of each stage call")
+    shutdown_grace_s: float = Field(10.0, description="time in-flight calls get on SIGTERM")
 
     # Models and runtime
-    cache_dir: Path = Field(default_factory=default_cache_dir)
-    torch_threads: int = Field(0, description="0 = torch's default")
-    llm_max_new_tokens: int = 24
-    knowledge_max_new_tokens: int = 96
-    log_format: Literal["json", "console"] = "console"
-    log_level: str = "INFO"
+    cache_dir: Path = Field(
+        default_factory=default_cache_dir, description="converted weights (default ~/.cache/riveg)"
+    )
+    torch_threads: int = Field(0, description="torch CPU threads; 0 = torch's default")
+    llm_max_new_tokens: int = Field(24, description="cap of one entity expansion, in tokens")
+    knowledge_max_new_tokens: int = Field(96, description="cap of one knowledge paragraph")
+    log_format: Literal["json", "console"] = Field("console", description="log lines on stderr")
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
 
     @model_validator(mode="after")
     def _default_store(self) -> Settings:
