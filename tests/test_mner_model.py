@@ -191,6 +191,19 @@ def test_train_keeps_best_and_resumes(encoder_dir: Path, tmp_path: Path) -> None
     assert [r["epoch"] for r in summary["history"]] == [1, 2]
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+    options.epochs = 1
+    again = train(
+        POSTS,
+        POSTS,
+        tmp_path / "more",
+        encoder_dir,
+        TaggerConfig(),
+        options,
+        init_model=out / "best",
+    )
+    assert len(again["history"]) == 1
+    saved = json.loads((tmp_path / "more" / "best" / "tagger.json").read_text())
+    assert saved["extra"]["init_model"] == str(out / "best")
 
 
 def test_crf_backend_character_spans(

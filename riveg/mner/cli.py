@@ -86,6 +86,11 @@ def mner_group() -> None:
 @click.option("--max-train-posts", default=0, help="use only the first N training posts")
 @click.option("--resume", is_flag=True, help="continue after the last finished epoch")
 @click.option(
+    "--init-model",
+    type=click.Path(exists=True, file_okay=False),
+    help="start from this saved model (fresh optimiser and schedule)",
+)
+@click.option(
     "--threads", type=int, default=None, help="torch threads (default RIVEG_TORCH_THREADS)"
 )
 @click.option("--json", "as_json", is_flag=True)
@@ -134,6 +139,7 @@ def train_command(**kw: Any) -> None:
         config,
         options,
         resume=kw["resume"],
+        init_model=kw["init_model"],
     )
     if kw["as_json"]:
         click.echo(json.dumps(summary))

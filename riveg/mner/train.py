@@ -18,7 +18,14 @@ from tqdm import tqdm
 from riveg.data.conll import Post
 from riveg.mner.data import LABEL_IDS
 from riveg.mner.evaluate import evaluate
-from riveg.mner.model import CrfTagger, TaggerConfig, WordEncoder, new_tagger, save_tagger
+from riveg.mner.model import (
+    CrfTagger,
+    TaggerConfig,
+    WordEncoder,
+    load_tagger,
+    new_tagger,
+    save_tagger,
+)
 
 log = logging.getLogger(__name__)
 
@@ -96,15 +103,26 @@ def train(
     config: TaggerConfig,
     options: TrainOptions,
     resume: bool = False,
+    init_model: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Train, keeping ``out_dir/best`` (fp16 model folder) and ``out_dir/last/state.pt``."""
+    """Train, keeping ``out_dir/best`` (fp16 model folder) and ``out_dir/last/state.pt``.
+
+    ``init_model`` starts from a saved model folder (its weights and settings) instead of the
+    bare encoder, with a fresh optimiser and schedule (continued training)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     seed_everything(options.seed)
     if options.max_train_posts:
         train_posts = train_posts[: options.max_train_posts]
-    config.extra = {**config.extra, "train": asdict(options)}
-    tagger, encoder = new_tagger(encoder_dir, config)
+    if init_model is not None:
+        tagger, encoder = load_tagger(init_model)
+        previous = tagger.config.extra
+        tagger.config.extra = {"train": asdict(options), "init_model": str(init_model)}
+        tagger.config.extra["init_train"] = previous.get("train")
+        tagger.config.extra["init_dev"] = previous.get("dev")
+    else:
+        config.extra = {**config.extra, "train": asdict(options)}
+        tagger, encoder = new_tagger(encoder_dir, config)
 
     labels = [[LABEL_IDS[t] for t in p.tags] for p in train_posts]
     with_k = [encoder.encode(p.tokens, p.knowledge or None) for p in train_posts]
