@@ -79,6 +79,7 @@ def run_batch(work: Path, batch: list[dict], env: dict[str, str], extra: list[st
     wall, stdout = timed([RIVEG, "batch", str(posts_file), "--images", str(SAMPLE_IMAGE.parent),
                           "--out", str(out), "--json", *extra], env)  # fmt: skip
     summary = json.loads(stdout.strip().splitlines()[-1])
+    summary.pop("out", None)  # a temporary path
     results = [json.loads(line) for line in out.read_text().splitlines()]
     stages: dict[str, list[float]] = {}
     for result in results:

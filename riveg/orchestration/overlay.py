@@ -63,7 +63,7 @@ def render_overlay(image: Image.Image, result: dict[str, Any]) -> Image.Image:
             "box+mask" if entity.get("mask") else ("box" if entity.get("box") else "not visible")
         )
         score = entity.get("ve_score")
-        text = f"■ {entity.get('expansion') or entity['text']} — {grounded}" + (
+        text = f"{entity.get('expansion') or entity['text']}: {grounded}" + (
             f" (VE {score:.2f})" if isinstance(score, float) else ""
         )
         draw.text(
