@@ -262,3 +262,10 @@ def test_cli_gmner_and_mner(tmp_path: Path) -> None:
     result = runner.invoke(main, [*args[:-1], str(tmp_path / "missing.jsonl")])
     assert result.exit_code != 0
     assert "does not exist" in result.stderr
+
+
+def test_failed_batch_posts_count_as_predicting_nothing() -> None:
+    failed = parse_prediction_line('{"id": "p9", "error": "PostError: not an image"}', "f:1")
+    assert failed.id == "p9" and failed.entities == []
+    with pytest.raises(PredictionError, match="'entities' must be a list"):
+        parse_prediction_line('{"id": "p9"}', "f:2")

@@ -147,6 +147,8 @@ def parse_prediction_line(line: str, where: str) -> PredPost:
     if not isinstance(post_id, str) or not post_id:
         raise PredictionError(f"{where}: 'id' must be a non-empty string (the IMGID)")
     entities = raw.get("entities")
+    if entities is None and isinstance(raw.get("error"), str):
+        return PredPost(post_id, [], None)  # a post `riveg batch` could not process: no entities
     if not isinstance(entities, list):
         raise PredictionError(f"{where}: 'entities' must be a list")
     text = raw.get("text")
