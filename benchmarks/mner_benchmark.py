@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> Path:
         train_info = {"train_wall_s": round(time.time() - began, 1), "command": train_args}
     tagger = json.loads((model / "tagger.json").read_text())
     history = []
-    metrics = model.parent / "metrics.jsonl"
+    metrics = Path(args.history) if args.history else model.parent / "metrics.jsonl"
     if metrics.is_file():
         history = [
             {k: v for k, v in json.loads(line).items() if k != "scores"}
@@ -195,6 +195,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--tag", default="", help="suffix of the run and result names")
+    parser.add_argument("--history", help="metrics.jsonl of the run that made --model")
     parser.add_argument("--table", action="store_true", help="print the README table and exit")
     parser.add_argument("--backend", help="score a serving backend (spacy, crf) on raw dev text")
     args = parser.parse_args()
