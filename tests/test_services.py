@@ -203,7 +203,8 @@ def test_sigterm_drains_in_flight_calls_and_logs_the_job_id(tmp_path: Path, samp
     LocalObjectStore(store_path).put_bytes("images/big", sample_bytes)
     port = free_port()
     env = {**os.environ, "RIVEG_STORE": "local", "RIVEG_STORE_PATH": str(store_path),
-           "RIVEG_SEG_ADDR": f"127.0.0.1:{port}", "RIVEG_LOG_FORMAT": "json"}  # fmt: skip
+           "RIVEG_SEG_ADDR": f"127.0.0.1:{port}", "RIVEG_LOG_FORMAT": "json",
+           "RIVEG_SHUTDOWN_GRACE_S": "120"}  # fmt: skip
     riveg = str(Path(sys.executable).parent / "riveg")
     process = subprocess.Popen([riveg, "serve", "seg"], env=env, stderr=subprocess.PIPE, text=True)
     settings = load_settings(seg_addr=f"127.0.0.1:{port}")
@@ -217,16 +218,19 @@ def test_sigterm_drains_in_flight_calls_and_logs_the_job_id(tmp_path: Path, samp
             request = seg_pb2.SegmentRequest(image=image_ref("images/big", 512, 512), boxes=boxes)
             try:
                 outcome["reply"] = client.call("Segment", request, job_id="job-sigterm-42")
+                outcome["replied_at"] = time.monotonic()
             except StageCallError as exc:
                 outcome["error"] = exc
 
         caller = threading.Thread(target=call)
         caller.start()
-        time.sleep(1.0)
+        time.sleep(0.5)
+        signalled_at = time.monotonic()
         process.send_signal(signal.SIGTERM)
         caller.join(timeout=60)
         assert "error" not in outcome, outcome.get("error")
         assert len(outcome["reply"].masks) == 6
+        assert outcome["replied_at"] > signalled_at, "the call was not in flight at SIGTERM"
         assert process.wait(timeout=30) == 0
     finally:
         client.close()

@@ -242,3 +242,33 @@ class StageClient:
     def close(self) -> None:
         """Close the channel."""
         self.channel.close()
+
+
+class StageServicer:
+    """Base of the stage servicers: the backend that answers and the store images come from."""
+
+    def __init__(self, backend: Backend, store: Any) -> None:
+        self.backend = backend
+        self.store = store
+
+
+def build_stage_spec(
+    stage: str,
+    service_name: str,
+    registry: Any,
+    servicer_class: Callable[[Backend, Any], Any],
+    add_to_server: Callable[[Any, grpc.Server], None],
+    settings: Settings,
+    store: Any,
+) -> StageSpec:
+    """A stage's spec with the backend its settings name (``RIVEG_<STAGE>_BACKEND``)."""
+    backend_name = settings.stage_backend(stage)
+    backend = registry.create(backend_name, settings)
+    return StageSpec(
+        stage=stage,
+        service_name=service_name,
+        servicer=servicer_class(backend, store),
+        add_to_server=add_to_server,
+        backend=backend,
+        backend_name=backend_name,
+    )

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 from riveg.common.backend import InvalidInput
 from riveg.common.config import Settings
-from riveg.common.rpc import StageSpec, check_deadline
+from riveg.common.rpc import StageServicer, StageSpec, build_stage_spec, check_deadline
 from riveg.common.storage import ObjectStore
 from riveg.v1 import llm_pb2, llm_pb2_grpc
-from services.llm.backends import LLM_BACKENDS, LlmBackend, referring_expression
+from services.llm.backends import LLM_BACKENDS, referring_expression
 
 
-class LlmServicer(llm_pb2_grpc.LlmServiceServicer):
+class LlmServicer(StageServicer, llm_pb2_grpc.LlmServiceServicer):
     """Serves riveg.v1.LlmService with one backend."""
-
-    def __init__(self, backend: LlmBackend) -> None:
-        self.backend = backend
 
     def Knowledge(self, request, context):
         if not request.text.strip():
@@ -39,12 +36,12 @@ class LlmServicer(llm_pb2_grpc.LlmServiceServicer):
 
 def build_spec(settings: Settings, store: ObjectStore) -> StageSpec:
     """The LLM stage as configured (RIVEG_LLM_BACKEND)."""
-    backend = LLM_BACKENDS.create(settings.llm_backend, settings)
-    return StageSpec(
-        stage="llm",
-        service_name="riveg.v1.LlmService",
-        servicer=LlmServicer(backend),
-        add_to_server=llm_pb2_grpc.add_LlmServiceServicer_to_server,
-        backend=backend,
-        backend_name=settings.llm_backend,
+    return build_stage_spec(
+        "llm",
+        "riveg.v1.LlmService",
+        LLM_BACKENDS,
+        LlmServicer,
+        llm_pb2_grpc.add_LlmServiceServicer_to_server,
+        settings,
+        store,
     )

@@ -5,17 +5,14 @@ from __future__ import annotations
 from riveg.common.backend import InvalidInput
 from riveg.common.config import Settings
 from riveg.common.messages import entity_to_proto
-from riveg.common.rpc import StageSpec, check_deadline
+from riveg.common.rpc import StageServicer, StageSpec, build_stage_spec, check_deadline
 from riveg.common.storage import ObjectStore
 from riveg.v1 import mner_pb2, mner_pb2_grpc
-from services.mner.backends import MNER_BACKENDS, MnerBackend
+from services.mner.backends import MNER_BACKENDS
 
 
-class MnerServicer(mner_pb2_grpc.MnerServiceServicer):
+class MnerServicer(StageServicer, mner_pb2_grpc.MnerServiceServicer):
     """Serves riveg.v1.MnerService with one backend."""
-
-    def __init__(self, backend: MnerBackend) -> None:
-        self.backend = backend
 
     def Recognize(self, request, context):
         if not request.text.strip():
@@ -29,12 +26,12 @@ class MnerServicer(mner_pb2_grpc.MnerServiceServicer):
 
 def build_spec(settings: Settings, store: ObjectStore) -> StageSpec:
     """The MNER stage as configured (RIVEG_MNER_BACKEND)."""
-    backend = MNER_BACKENDS.create(settings.mner_backend, settings)
-    return StageSpec(
-        stage="mner",
-        service_name="riveg.v1.MnerService",
-        servicer=MnerServicer(backend),
-        add_to_server=mner_pb2_grpc.add_MnerServiceServicer_to_server,
-        backend=backend,
-        backend_name=settings.mner_backend,
+    return build_stage_spec(
+        "mner",
+        "riveg.v1.MnerService",
+        MNER_BACKENDS,
+        MnerServicer,
+        mner_pb2_grpc.add_MnerServiceServicer_to_server,
+        settings,
+        store,
     )

@@ -5,18 +5,14 @@ from __future__ import annotations
 from riveg.common.config import Settings
 from riveg.common.images import fetch_image, mask_png, mask_to_rle
 from riveg.common.messages import box_from_proto
-from riveg.common.rpc import StageSpec, check_deadline
+from riveg.common.rpc import StageServicer, StageSpec, build_stage_spec, check_deadline
 from riveg.common.storage import ObjectStore
 from riveg.v1 import seg_pb2, seg_pb2_grpc
-from services.seg.backends import SEG_BACKENDS, SegBackend
+from services.seg.backends import SEG_BACKENDS
 
 
-class SegServicer(seg_pb2_grpc.SegServiceServicer):
+class SegServicer(StageServicer, seg_pb2_grpc.SegServiceServicer):
     """Serves riveg.v1.SegService; with an output_prefix, masks go to the store as PNGs."""
-
-    def __init__(self, backend: SegBackend, store: ObjectStore) -> None:
-        self.backend = backend
-        self.store = store
 
     def Segment(self, request, context):
         response = seg_pb2.SegmentResponse(model=self.backend.model)
@@ -40,12 +36,12 @@ class SegServicer(seg_pb2_grpc.SegServiceServicer):
 
 def build_spec(settings: Settings, store: ObjectStore) -> StageSpec:
     """The SEG stage as configured (RIVEG_SEG_BACKEND)."""
-    backend = SEG_BACKENDS.create(settings.seg_backend, settings)
-    return StageSpec(
-        stage="seg",
-        service_name="riveg.v1.SegService",
-        servicer=SegServicer(backend, store),
-        add_to_server=seg_pb2_grpc.add_SegServiceServicer_to_server,
-        backend=backend,
-        backend_name=settings.seg_backend,
+    return build_stage_spec(
+        "seg",
+        "riveg.v1.SegService",
+        SEG_BACKENDS,
+        SegServicer,
+        seg_pb2_grpc.add_SegServiceServicer_to_server,
+        settings,
+        store,
     )

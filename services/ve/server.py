@@ -5,18 +5,14 @@ from __future__ import annotations
 from riveg.common.config import Settings
 from riveg.common.images import fetch_image
 from riveg.common.messages import entity_from_proto
-from riveg.common.rpc import StageSpec, check_deadline
+from riveg.common.rpc import StageServicer, StageSpec, build_stage_spec, check_deadline
 from riveg.common.storage import ObjectStore
 from riveg.v1 import ve_pb2, ve_pb2_grpc
-from services.ve.backends import VE_BACKENDS, VeBackend
+from services.ve.backends import VE_BACKENDS
 
 
-class VeServicer(ve_pb2_grpc.VeServiceServicer):
+class VeServicer(StageServicer, ve_pb2_grpc.VeServiceServicer):
     """Serves riveg.v1.VeService with one backend, reading images from the object store."""
-
-    def __init__(self, backend: VeBackend, store: ObjectStore) -> None:
-        self.backend = backend
-        self.store = store
 
     def Entail(self, request, context):
         response = ve_pb2.EntailResponse(model=self.backend.model)
@@ -32,12 +28,12 @@ class VeServicer(ve_pb2_grpc.VeServiceServicer):
 
 def build_spec(settings: Settings, store: ObjectStore) -> StageSpec:
     """The VE stage as configured (RIVEG_VE_BACKEND)."""
-    backend = VE_BACKENDS.create(settings.ve_backend, settings)
-    return StageSpec(
-        stage="ve",
-        service_name="riveg.v1.VeService",
-        servicer=VeServicer(backend, store),
-        add_to_server=ve_pb2_grpc.add_VeServiceServicer_to_server,
-        backend=backend,
-        backend_name=settings.ve_backend,
+    return build_stage_spec(
+        "ve",
+        "riveg.v1.VeService",
+        VE_BACKENDS,
+        VeServicer,
+        ve_pb2_grpc.add_VeServiceServicer_to_server,
+        settings,
+        store,
     )

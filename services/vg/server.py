@@ -5,18 +5,14 @@ from __future__ import annotations
 from riveg.common.config import Settings
 from riveg.common.images import fetch_image
 from riveg.common.messages import box_to_proto, entity_from_proto
-from riveg.common.rpc import StageSpec, check_deadline
+from riveg.common.rpc import StageServicer, StageSpec, build_stage_spec, check_deadline
 from riveg.common.storage import ObjectStore
 from riveg.v1 import vg_pb2, vg_pb2_grpc
-from services.vg.backends import VG_BACKENDS, VgBackend
+from services.vg.backends import VG_BACKENDS
 
 
-class VgServicer(vg_pb2_grpc.VgServiceServicer):
+class VgServicer(StageServicer, vg_pb2_grpc.VgServiceServicer):
     """Serves riveg.v1.VgService with one backend, reading images from the object store."""
-
-    def __init__(self, backend: VgBackend, store: ObjectStore) -> None:
-        self.backend = backend
-        self.store = store
 
     def Ground(self, request, context):
         response = vg_pb2.GroundResponse(model=self.backend.model)
@@ -34,12 +30,12 @@ class VgServicer(vg_pb2_grpc.VgServiceServicer):
 
 def build_spec(settings: Settings, store: ObjectStore) -> StageSpec:
     """The VG stage as configured (RIVEG_VG_BACKEND)."""
-    backend = VG_BACKENDS.create(settings.vg_backend, settings)
-    return StageSpec(
-        stage="vg",
-        service_name="riveg.v1.VgService",
-        servicer=VgServicer(backend, store),
-        add_to_server=vg_pb2_grpc.add_VgServiceServicer_to_server,
-        backend=backend,
-        backend_name=settings.vg_backend,
+    return build_stage_spec(
+        "vg",
+        "riveg.v1.VgService",
+        VG_BACKENDS,
+        VgServicer,
+        vg_pb2_grpc.add_VgServiceServicer_to_server,
+        settings,
+        store,
     )
