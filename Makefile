@@ -28,7 +28,7 @@ test: $(STAMP)
 	bash .ci/deploy-tools.sh
 	bash scripts/start-services.sh
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
 
 up: $(STAMP)
 	bash scripts/start-services.sh
