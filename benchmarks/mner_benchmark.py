@@ -147,7 +147,9 @@ def backend_score(name: str, dataset: str, with_knowledge: bool, model: str | No
             for k, v in scores["per_type"].items()
         },
     }
-    suffix = "_knowledge" if with_knowledge else ""
+    quantized = os.environ.get("RIVEG_MNER_QUANTIZE", "0") == "1" and name == "crf"
+    result["quantize_int8"] = quantized
+    suffix = ("_knowledge" if with_knowledge else "") + ("_int8" if quantized else "")
     path = RESULTS / f"mner_backend_{name}_{dataset}{suffix}.json"
     RESULTS.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
