@@ -21,10 +21,11 @@ def main() -> None:
 
 # Commands of other modules are registered here.
 from riveg.evaluation.cli import eval_group  # noqa: E402
+from riveg.llm.cli import llm_group  # noqa: E402
 from riveg.orchestration.commands import analyze, batch, serve, worker  # noqa: E402
 from riveg.orchestration.launcher import up  # noqa: E402
 
-for command in (analyze, batch, serve, worker, up, eval_group):
+for command in (analyze, batch, serve, worker, up, eval_group, llm_group):
     main.add_command(command)
 
 

@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from riveg import STAGES
@@ -61,7 +61,7 @@ class Settings(BaseSettings):
     ve_addr: str = Field(f"127.0.0.1:{DEFAULT_PORTS['ve']}", description="VE server host:port")
     vg_addr: str = Field(f"127.0.0.1:{DEFAULT_PORTS['vg']}", description="VG server host:port")
     seg_addr: str = Field(f"127.0.0.1:{DEFAULT_PORTS['seg']}", description="SEG server host:port")
-    llm_backend: str = Field("gemma", description="LLM backend: gemma")
+    llm_backend: str = Field("gemma", description="LLM backend: gemma, openai, replay")
     mner_backend: str = Field("spacy", description="MNER backend: spacy")
     ve_backend: str = Field("person", description="VE backend: person")
     vg_backend: str = Field("person", description="VG backend: person")
@@ -79,6 +79,34 @@ class Settings(BaseSettings):
     torch_threads: int = Field(0, description="torch CPU threads; 0 = torch's default")
     llm_max_new_tokens: int = Field(24, description="cap of one entity expansion, in tokens")
     knowledge_max_new_tokens: int = Field(96, description="cap of one knowledge paragraph")
+    # LLM stage: backend per job type, OpenAI-compatible endpoint, prompts, cache, descriptions
+    llm_knowledge_backend: str | None = Field(
+        None, description="LLM backend of knowledge jobs (default: RIVEG_LLM_BACKEND)"
+    )
+    llm_expand_backend: str | None = Field(
+        None, description="LLM backend of expansion jobs (default: RIVEG_LLM_BACKEND)"
+    )
+    llm_api_base: str = Field(
+        "http://127.0.0.1:8000/v1", description="OpenAI-compatible endpoint of the `openai` backend"
+    )
+    llm_api_model: str = Field("", description="model name sent to the endpoint (required)")
+    llm_api_mode: Literal["chat", "completions"] = Field(
+        "completions", description="endpoint flavour: /completions or /chat/completions"
+    )
+    llm_api_key: SecretStr | None = Field(
+        None, description="bearer key of the endpoint (a Secret in k8s); unset = none sent"
+    )
+    llm_api_timeout_s: float = Field(60.0, description="timeout of one HTTP request")
+    llm_api_retries: int = Field(4, description="retries on 429, 5xx and timeouts (backoff)")
+    llm_api_concurrency: int = Field(4, description="most requests in flight to the endpoint")
+    llm_vision_model: str | None = Field(
+        None, description="vision model on the endpoint for Describe; unset = captions/detector"
+    )
+    llm_examples: int = Field(5, description="similar annotated examples in a knowledge prompt")
+    llm_examples_pool: str = Field(
+        "twitter2017,twitter2015", description="datasets whose manual annotations are examples"
+    )
+    llm_cache: bool = Field(True, description="cache generations in the object store")
     log_format: Literal["json", "console"] = Field("console", description="log lines on stderr")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
 

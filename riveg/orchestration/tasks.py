@@ -91,10 +91,18 @@ def store(state: State, runtime: Runtime) -> None:
 
 @pipeline_task("knowledge")
 def knowledge(state: State, runtime: Runtime) -> None:
-    """Auxiliary knowledge about the post from the LLM stage."""
-    reply = runtime.client("llm").call(
-        "Knowledge", llm_pb2.KnowledgeRequest(text=state["text"], image=_image(state)), _job(state)
+    """Auxiliary knowledge about the post from the LLM stage: describe the image (released
+    caption by ``image_id`` when the state has one), then the knowledge prompt with it."""
+    llm = runtime.client("llm")
+    image_id = state.get("image_id") or ""
+    described = llm.call(
+        "Describe", llm_pb2.DescribeRequest(image=_image(state), image_id=image_id), _job(state)
     )
+    state["image_description"] = described.description
+    request = llm_pb2.KnowledgeRequest(
+        text=state["text"], image=_image(state), image_description=described.description
+    )
+    reply = llm.call("Knowledge", request, _job(state))
     state["knowledge"] = reply.knowledge
     state.setdefault("models", {})["llm"] = reply.model
 

@@ -15,7 +15,7 @@ _sym_db = _symbol_database.Default()
 from riveg.v1 import common_pb2 as riveg_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12riveg/v1/llm.proto\x12\x08riveg.v1\x1a\x15riveg/v1/common.proto\"^\n\x10KnowledgeRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12!\n\x05image\x18\x02 \x01(\x0b\x32\x12.riveg.v1.ImageRef\x12\x19\n\x11image_description\x18\x03 \x01(\t\"5\n\x11KnowledgeResponse\x12\x11\n\tknowledge\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\"T\n\rExpandRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\"\n\x08\x65ntities\x18\x02 \x03(\x0b\x32\x10.riveg.v1.Entity\x12\x11\n\tknowledge\x18\x03 \x01(\t\"C\n\x0e\x45xpandResponse\x12\"\n\x08\x65ntities\x18\x01 \x03(\x0b\x32\x10.riveg.v1.Entity\x12\r\n\x05model\x18\x02 \x01(\t2\x8f\x01\n\nLlmService\x12\x44\n\tKnowledge\x12\x1a.riveg.v1.KnowledgeRequest\x1a\x1b.riveg.v1.KnowledgeResponse\x12;\n\x06\x45xpand\x12\x17.riveg.v1.ExpandRequest\x1a\x18.riveg.v1.ExpandResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12riveg/v1/llm.proto\x12\x08riveg.v1\x1a\x15riveg/v1/common.proto\"p\n\x10KnowledgeRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12!\n\x05image\x18\x02 \x01(\x0b\x32\x12.riveg.v1.ImageRef\x12\x19\n\x11image_description\x18\x03 \x01(\t\x12\x10\n\x08image_id\x18\x04 \x01(\t\"5\n\x11KnowledgeResponse\x12\x11\n\tknowledge\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\"T\n\rExpandRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\"\n\x08\x65ntities\x18\x02 \x03(\x0b\x32\x10.riveg.v1.Entity\x12\x11\n\tknowledge\x18\x03 \x01(\t\"C\n\x0e\x45xpandResponse\x12\"\n\x08\x65ntities\x18\x01 \x03(\x0b\x32\x10.riveg.v1.Entity\x12\r\n\x05model\x18\x02 \x01(\t\"F\n\x0f\x44\x65scribeRequest\x12!\n\x05image\x18\x01 \x01(\x0b\x32\x12.riveg.v1.ImageRef\x12\x10\n\x08image_id\x18\x02 \x01(\t\"F\n\x10\x44\x65scribeResponse\x12\x13\n\x0b\x64\x65scription\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t2\xd2\x01\n\nLlmService\x12\x44\n\tKnowledge\x12\x1a.riveg.v1.KnowledgeRequest\x1a\x1b.riveg.v1.KnowledgeResponse\x12;\n\x06\x45xpand\x12\x17.riveg.v1.ExpandRequest\x1a\x18.riveg.v1.ExpandResponse\x12\x41\n\x08\x44\x65scribe\x12\x19.riveg.v1.DescribeRequest\x1a\x1a.riveg.v1.DescribeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -23,13 +23,17 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'riveg.v1.llm_pb2', _globals
 if _descriptor._USE_C_DESCRIPTORS == False:
   DESCRIPTOR._options = None
   _globals['_KNOWLEDGEREQUEST']._serialized_start=55
-  _globals['_KNOWLEDGEREQUEST']._serialized_end=149
-  _globals['_KNOWLEDGERESPONSE']._serialized_start=151
-  _globals['_KNOWLEDGERESPONSE']._serialized_end=204
-  _globals['_EXPANDREQUEST']._serialized_start=206
-  _globals['_EXPANDREQUEST']._serialized_end=290
-  _globals['_EXPANDRESPONSE']._serialized_start=292
-  _globals['_EXPANDRESPONSE']._serialized_end=359
-  _globals['_LLMSERVICE']._serialized_start=362
-  _globals['_LLMSERVICE']._serialized_end=505
+  _globals['_KNOWLEDGEREQUEST']._serialized_end=167
+  _globals['_KNOWLEDGERESPONSE']._serialized_start=169
+  _globals['_KNOWLEDGERESPONSE']._serialized_end=222
+  _globals['_EXPANDREQUEST']._serialized_start=224
+  _globals['_EXPANDREQUEST']._serialized_end=308
+  _globals['_EXPANDRESPONSE']._serialized_start=310
+  _globals['_EXPANDRESPONSE']._serialized_end=377
+  _globals['_DESCRIBEREQUEST']._serialized_start=379
+  _globals['_DESCRIBEREQUEST']._serialized_end=449
+  _globals['_DESCRIBERESPONSE']._serialized_start=451
+  _globals['_DESCRIBERESPONSE']._serialized_end=521
+  _globals['_LLMSERVICE']._serialized_start=524
+  _globals['_LLMSERVICE']._serialized_end=734
 # @@protoc_insertion_point(module_scope)

@@ -7,14 +7,16 @@ from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Map
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class KnowledgeRequest(_message.Message):
-    __slots__ = ("text", "image", "image_description")
+    __slots__ = ("text", "image", "image_description", "image_id")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     IMAGE_DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
     text: str
     image: _common_pb2.ImageRef
     image_description: str
-    def __init__(self, text: _Optional[str] = ..., image: _Optional[_Union[_common_pb2.ImageRef, _Mapping]] = ..., image_description: _Optional[str] = ...) -> None: ...
+    image_id: str
+    def __init__(self, text: _Optional[str] = ..., image: _Optional[_Union[_common_pb2.ImageRef, _Mapping]] = ..., image_description: _Optional[str] = ..., image_id: _Optional[str] = ...) -> None: ...
 
 class KnowledgeResponse(_message.Message):
     __slots__ = ("knowledge", "model")
@@ -41,3 +43,21 @@ class ExpandResponse(_message.Message):
     entities: _containers.RepeatedCompositeFieldContainer[_common_pb2.Entity]
     model: str
     def __init__(self, entities: _Optional[_Iterable[_Union[_common_pb2.Entity, _Mapping]]] = ..., model: _Optional[str] = ...) -> None: ...
+
+class DescribeRequest(_message.Message):
+    __slots__ = ("image", "image_id")
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    image: _common_pb2.ImageRef
+    image_id: str
+    def __init__(self, image: _Optional[_Union[_common_pb2.ImageRef, _Mapping]] = ..., image_id: _Optional[str] = ...) -> None: ...
+
+class DescribeResponse(_message.Message):
+    __slots__ = ("description", "source", "model")
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    description: str
+    source: str
+    model: str
+    def __init__(self, description: _Optional[str] = ..., source: _Optional[str] = ..., model: _Optional[str] = ...) -> None: ...

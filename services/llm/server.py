@@ -1,47 +1,78 @@
-"""LLM gRPC transport: Knowledge and Expand."""
+"""LLM gRPC transport: Knowledge, Expand and Describe."""
 
 from __future__ import annotations
 
 from riveg.common.backend import InvalidInput
 from riveg.common.config import Settings
-from riveg.common.rpc import StageServicer, StageSpec, build_stage_spec, check_deadline
+from riveg.common.rpc import StageServicer, StageSpec, check_deadline
 from riveg.common.storage import ObjectStore
+from riveg.llm.cache import GenerationCache
+from riveg.llm.describe import ImageDescriber
 from riveg.v1 import llm_pb2, llm_pb2_grpc
-from services.llm.backends import LLM_BACKENDS, referring_expression
+from services.llm.backends import LlmRouter, referring_expression
 
 
 class LlmServicer(StageServicer, llm_pb2_grpc.LlmServiceServicer):
-    """Serves riveg.v1.LlmService with one backend."""
+    """Serves riveg.v1.LlmService with the backend of each job type (an LlmRouter)."""
+
+    def __init__(self, backend: LlmRouter, store: ObjectStore) -> None:
+        super().__init__(backend, store)
+        cache = GenerationCache(store) if backend.settings.llm_cache and store else None
+        self.describer = ImageDescriber(backend.settings, cache)
 
     def Knowledge(self, request, context):
         if not request.text.strip():
             raise InvalidInput("the post text is empty")
         check_deadline(context)
-        knowledge = self.backend.knowledge(request.text, request.image_description)
-        return llm_pb2.KnowledgeResponse(knowledge=knowledge, model=self.backend.model)
+        description = request.image_description
+        if not description.strip() and (request.image.key or request.image_id):
+            description = self._describe(request.image, request.image_id).text
+        backend = self.backend.for_job("knowledge")
+        knowledge = backend.knowledge(request.text, description)
+        return llm_pb2.KnowledgeResponse(knowledge=knowledge, model=backend.model)
 
     def Expand(self, request, context):
         check_deadline(context)
         entities = list(request.entities)
-        descriptions = self.backend.expand(
+        backend = self.backend.for_job("expand")
+        descriptions = backend.expand(
             request.text, [{"text": e.text, "type": e.type} for e in entities], request.knowledge
         )
-        response = llm_pb2.ExpandResponse(model=self.backend.model)
+        response = llm_pb2.ExpandResponse(model=backend.model)
         for entity, description in zip(entities, descriptions, strict=True):
             message = response.entities.add()
             message.CopyFrom(entity)
             message.expression = referring_expression(entity.text, entity.type, description)
         return response
 
+    def Describe(self, request, context):
+        check_deadline(context)
+        if not request.image.key and not request.image_id:
+            raise InvalidInput("give an image (object key) or a dataset image id")
+        description = self._describe(request.image, request.image_id)
+        return llm_pb2.DescribeResponse(
+            description=description.text, source=description.source, model=description.model
+        )
+
+    def _describe(self, image, image_id: str):  # type: ignore[no-untyped-def]
+        # A released caption needs no pixels; read the image only when it will be looked at.
+        if image_id and not self.backend.settings.llm_vision_model:
+            caption = self.describer.captions.get(image_id)
+            if caption:
+                return self.describer.describe(None, image_id)
+        data = self.store.get_bytes(image.key) if image.key else None
+        return self.describer.describe(data, image_id)
+
 
 def build_spec(settings: Settings, store: ObjectStore) -> StageSpec:
-    """The LLM stage as configured (RIVEG_LLM_BACKEND)."""
-    return build_stage_spec(
-        "llm",
-        "riveg.v1.LlmService",
-        LLM_BACKENDS,
-        LlmServicer,
-        llm_pb2_grpc.add_LlmServiceServicer_to_server,
-        settings,
-        store,
+    """The LLM stage as configured: RIVEG_LLM_KNOWLEDGE_BACKEND and RIVEG_LLM_EXPAND_BACKEND
+    (both default to RIVEG_LLM_BACKEND), each backend created once."""
+    router = LlmRouter(settings, store)
+    return StageSpec(
+        stage="llm",
+        service_name="riveg.v1.LlmService",
+        servicer=LlmServicer(router, store),
+        add_to_server=llm_pb2_grpc.add_LlmServiceServicer_to_server,
+        backend=router,
+        backend_name=router.backend_name,
     )
