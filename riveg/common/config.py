@@ -63,14 +63,30 @@ class Settings(BaseSettings):
     seg_addr: str = Field(f"127.0.0.1:{DEFAULT_PORTS['seg']}", description="SEG server host:port")
     llm_backend: str = Field("gemma", description="LLM backend: gemma, openai, replay")
     mner_backend: str = Field("spacy", description="MNER backend: spacy")
-    ve_backend: str = Field("person", description="VE backend: person")
-    vg_backend: str = Field("person", description="VG backend: person")
-    seg_backend: str = Field("grabcut", description="SEG backend: grabcut")
+    ve_backend: str = Field("person", description="VE backend: person, groundability, clip")
+    vg_backend: str = Field("person", description="VG backend: person, owl, grounding-dino")
+    seg_backend: str = Field("grabcut", description="SEG backend: grabcut, sam, segment-anything")
     grpc_port: int | None = Field(None, description="server port override (default: the addr's)")
     grpc_workers: int = Field(4, description="threads serving RPCs per server")
     grpc_max_message_mb: int = Field(32, description="largest gRPC message, both directions")
     rpc_timeout_s: float = Field(120.0, description="deadline of each stage call")
     shutdown_grace_s: float = Field(10.0, description="time in-flight calls get on SIGTERM")
+
+    # Vision stages: model store and model versions (issue 5)
+    model_store_path: Path | None = Field(
+        None,
+        description="local folder of `<stage>/<name>/<version>/` models; unset: `models/` in "
+        "the object store",
+    )
+    ve_model: str | None = Field(
+        None, description="VE model `name@version` (model store or builtin); unset: the backend"
+    )
+    vg_model: str | None = Field(
+        None, description="VG model `name@version` (model store or builtin); unset: the backend"
+    )
+    seg_model: str | None = Field(
+        None, description="SEG model `name@version` (model store or builtin); unset: the backend"
+    )
 
     # Models and runtime
     cache_dir: Path = Field(

@@ -25,6 +25,7 @@ from riveg.common.backend import Backend, InvalidInput
 from riveg.common.config import Settings
 from riveg.common.logging import get_logger
 from riveg.common.storage import ObjectNotFound
+from riveg.modelstore.manager import ModelManager
 from riveg.v1 import common_pb2, common_pb2_grpc
 
 JOB_ID_KEY = "x-job-id"
@@ -89,14 +90,38 @@ def check_deadline(context: grpc.ServicerContext, needed_s: float = 0.0) -> None
 
 
 class _ModelAdminServicer(common_pb2_grpc.ModelAdminServicer):
-    def __init__(self, backend: Backend, backend_name: str) -> None:
-        self.backend = backend
-        self.backend_name = backend_name
+    """Current, List, Load and Rollback over the stage's ModelManager."""
+
+    def __init__(self, models: ModelManager) -> None:
+        self.models = models
 
     def Current(self, request, context):
+        backend = self.models.current
+        previous = self.models.previous
         return common_pb2.CurrentModelResponse(
-            model=self.backend.model, ready=self.backend.ready, backend=self.backend_name
+            model=backend.model,
+            ready=backend.ready,
+            backend=self.models.backend_name,
+            previous=previous.model if previous is not None else "",
         )
+
+    def List(self, request, context):
+        rows = [common_pb2.ModelVersion(**row) for row in self.models.available()]
+        return common_pb2.ListModelsResponse(models=rows, model=self.models.current.model)
+
+    def Load(self, request, context):
+        try:
+            result = self.models.load(request.model)
+        except (ValueError, FileNotFoundError) as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return common_pb2.LoadModelResponse(**vars(result))
+
+    def Rollback(self, request, context):
+        try:
+            result = self.models.rollback()
+        except ValueError as exc:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        return common_pb2.LoadModelResponse(**vars(result))
 
 
 @dataclass
@@ -107,8 +132,17 @@ class StageSpec:
     service_name: str  # e.g. "riveg.v1.VgService"
     servicer: Any
     add_to_server: Callable[[Any, grpc.Server], None]
-    backend: Backend
-    backend_name: str
+    models: ModelManager
+
+    @property
+    def backend(self) -> Backend:
+        """The backend answering now (changes on a hot swap)."""
+        return self.models.current
+
+    @property
+    def backend_name(self) -> str:
+        """The registry key of the answering backend."""
+        return self.models.backend_name
 
 
 class StageServer:
@@ -125,7 +159,7 @@ class StageServer:
         )
         spec.add_to_server(spec.servicer, self.server)
         common_pb2_grpc.add_ModelAdminServicer_to_server(
-            _ModelAdminServicer(spec.backend, spec.backend_name), self.server
+            _ModelAdminServicer(spec.models), self.server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
@@ -245,11 +279,22 @@ class StageClient:
 
 
 class StageServicer:
-    """Base of the stage servicers: the backend that answers and the store images come from."""
+    """Base of the stage servicers: the backend that answers and the store images come from.
 
-    def __init__(self, backend: Backend, store: Any) -> None:
-        self.backend = backend
+    ``backend`` is the model answering now; a handler that uses it twice should read it once
+    into a local, so a hot swap in between cannot mix two models in one response.
+    """
+
+    def __init__(self, models: ModelManager | Backend, store: Any) -> None:
+        if isinstance(models, Backend):
+            models = ModelManager("", None, None, models, "")  # type: ignore[arg-type]
+        self.models = models
         self.store = store
+
+    @property
+    def backend(self) -> Backend:
+        """The backend answering now."""
+        return self.models.current
 
 
 def build_stage_spec(
@@ -261,14 +306,13 @@ def build_stage_spec(
     settings: Settings,
     store: Any,
 ) -> StageSpec:
-    """A stage's spec with the backend its settings name (``RIVEG_<STAGE>_BACKEND``)."""
-    backend_name = settings.stage_backend(stage)
-    backend = registry.create(backend_name, settings)
+    """A stage's spec with the model its settings name: ``RIVEG_<STAGE>_MODEL`` (``name@version``
+    from the model store, or a builtin backend) when set, else ``RIVEG_<STAGE>_BACKEND``."""
+    models = ModelManager.from_settings(stage, registry, settings, store)
     return StageSpec(
         stage=stage,
         service_name=service_name,
-        servicer=servicer_class(backend, store),
+        servicer=servicer_class(models, store),
         add_to_server=add_to_server,
-        backend=backend,
-        backend_name=backend_name,
+        models=models,
     )

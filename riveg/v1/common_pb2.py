@@ -14,7 +14,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15riveg/v1/common.proto\x12\x08riveg.v1\"6\n\x08ImageRef\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x0e\n\x06height\x18\x03 \x01(\x05\"c\n\x06\x45ntity\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05start\x18\x02 \x01(\x05\x12\x0b\n\x03\x65nd\x18\x03 \x01(\x05\x12\x0c\n\x04type\x18\x04 \x01(\t\x12\x12\n\nexpression\x18\x05 \x01(\t\x12\r\n\x05score\x18\x06 \x01(\x02\"5\n\x03\x42ox\x12\n\n\x02x1\x18\x01 \x01(\x02\x12\n\n\x02y1\x18\x02 \x01(\x02\x12\n\n\x02x2\x18\x03 \x01(\x02\x12\n\n\x02y2\x18\x04 \x01(\x02\"V\n\x04Mask\x12\x0e\n\x06height\x18\x01 \x01(\x05\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x14\n\nrle_counts\x18\x03 \x01(\tH\x00\x12\x11\n\x07png_key\x18\x04 \x01(\tH\x00\x42\x06\n\x04\x64\x61ta\"\x15\n\x13\x43urrentModelRequest\"E\n\x14\x43urrentModelResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05ready\x18\x02 \x01(\x08\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t2V\n\nModelAdmin\x12H\n\x07\x43urrent\x12\x1d.riveg.v1.CurrentModelRequest\x1a\x1e.riveg.v1.CurrentModelResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15riveg/v1/common.proto\x12\x08riveg.v1\"6\n\x08ImageRef\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x0e\n\x06height\x18\x03 \x01(\x05\"c\n\x06\x45ntity\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05start\x18\x02 \x01(\x05\x12\x0b\n\x03\x65nd\x18\x03 \x01(\x05\x12\x0c\n\x04type\x18\x04 \x01(\t\x12\x12\n\nexpression\x18\x05 \x01(\t\x12\r\n\x05score\x18\x06 \x01(\x02\"5\n\x03\x42ox\x12\n\n\x02x1\x18\x01 \x01(\x02\x12\n\n\x02y1\x18\x02 \x01(\x02\x12\n\n\x02x2\x18\x03 \x01(\x02\x12\n\n\x02y2\x18\x04 \x01(\x02\"V\n\x04Mask\x12\x0e\n\x06height\x18\x01 \x01(\x05\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x14\n\nrle_counts\x18\x03 \x01(\tH\x00\x12\x11\n\x07png_key\x18\x04 \x01(\tH\x00\x42\x06\n\x04\x64\x61ta\"\x15\n\x13\x43urrentModelRequest\"W\n\x14\x43urrentModelResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05ready\x18\x02 \x01(\x08\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12\x10\n\x08previous\x18\x04 \x01(\t\"b\n\x0cModelVersion\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\x0f\n\x07\x63urrent\x18\x03 \x01(\x08\x12\x10\n\x08previous\x18\x04 \x01(\x08\x12\x0f\n\x07\x62uiltin\x18\x05 \x01(\x08\"\x13\n\x11ListModelsRequest\"K\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.riveg.v1.ModelVersion\x12\r\n\x05model\x18\x02 \x01(\t\"!\n\x10LoadModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\"U\n\x11LoadModelResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08previous\x18\x02 \x01(\t\x12\x0e\n\x06load_s\x18\x03 \x01(\x02\x12\x0f\n\x07swap_ms\x18\x04 \x01(\x02\"\x11\n\x0fRollbackRequest2\x9e\x02\n\nModelAdmin\x12H\n\x07\x43urrent\x12\x1d.riveg.v1.CurrentModelRequest\x1a\x1e.riveg.v1.CurrentModelResponse\x12\x41\n\x04List\x12\x1b.riveg.v1.ListModelsRequest\x1a\x1c.riveg.v1.ListModelsResponse\x12?\n\x04Load\x12\x1a.riveg.v1.LoadModelRequest\x1a\x1b.riveg.v1.LoadModelResponse\x12\x42\n\x08Rollback\x12\x19.riveg.v1.RollbackRequest\x1a\x1b.riveg.v1.LoadModelResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,7 +32,19 @@ if _descriptor._USE_C_DESCRIPTORS == False:
   _globals['_CURRENTMODELREQUEST']._serialized_start=335
   _globals['_CURRENTMODELREQUEST']._serialized_end=356
   _globals['_CURRENTMODELRESPONSE']._serialized_start=358
-  _globals['_CURRENTMODELRESPONSE']._serialized_end=427
-  _globals['_MODELADMIN']._serialized_start=429
-  _globals['_MODELADMIN']._serialized_end=515
+  _globals['_CURRENTMODELRESPONSE']._serialized_end=445
+  _globals['_MODELVERSION']._serialized_start=447
+  _globals['_MODELVERSION']._serialized_end=545
+  _globals['_LISTMODELSREQUEST']._serialized_start=547
+  _globals['_LISTMODELSREQUEST']._serialized_end=566
+  _globals['_LISTMODELSRESPONSE']._serialized_start=568
+  _globals['_LISTMODELSRESPONSE']._serialized_end=643
+  _globals['_LOADMODELREQUEST']._serialized_start=645
+  _globals['_LOADMODELREQUEST']._serialized_end=678
+  _globals['_LOADMODELRESPONSE']._serialized_start=680
+  _globals['_LOADMODELRESPONSE']._serialized_end=765
+  _globals['_ROLLBACKREQUEST']._serialized_start=767
+  _globals['_ROLLBACKREQUEST']._serialized_end=784
+  _globals['_MODELADMIN']._serialized_start=787
+  _globals['_MODELADMIN']._serialized_end=1073
 # @@protoc_insertion_point(module_scope)

@@ -1,6 +1,7 @@
+from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from typing import ClassVar as _ClassVar, Optional as _Optional
+from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Mapping, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -59,11 +60,61 @@ class CurrentModelRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class CurrentModelResponse(_message.Message):
-    __slots__ = ("model", "ready", "backend")
+    __slots__ = ("model", "ready", "backend", "previous")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_FIELD_NUMBER: _ClassVar[int]
     model: str
     ready: bool
     backend: str
-    def __init__(self, model: _Optional[str] = ..., ready: bool = ..., backend: _Optional[str] = ...) -> None: ...
+    previous: str
+    def __init__(self, model: _Optional[str] = ..., ready: bool = ..., backend: _Optional[str] = ..., previous: _Optional[str] = ...) -> None: ...
+
+class ModelVersion(_message.Message):
+    __slots__ = ("model", "backend", "current", "previous", "builtin")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_FIELD_NUMBER: _ClassVar[int]
+    BUILTIN_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    backend: str
+    current: bool
+    previous: bool
+    builtin: bool
+    def __init__(self, model: _Optional[str] = ..., backend: _Optional[str] = ..., current: bool = ..., previous: bool = ..., builtin: bool = ...) -> None: ...
+
+class ListModelsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListModelsResponse(_message.Message):
+    __slots__ = ("models", "model")
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[ModelVersion]
+    model: str
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelVersion, _Mapping]]] = ..., model: _Optional[str] = ...) -> None: ...
+
+class LoadModelRequest(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    def __init__(self, model: _Optional[str] = ...) -> None: ...
+
+class LoadModelResponse(_message.Message):
+    __slots__ = ("model", "previous", "load_s", "swap_ms")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_FIELD_NUMBER: _ClassVar[int]
+    LOAD_S_FIELD_NUMBER: _ClassVar[int]
+    SWAP_MS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    previous: str
+    load_s: float
+    swap_ms: float
+    def __init__(self, model: _Optional[str] = ..., previous: _Optional[str] = ..., load_s: _Optional[float] = ..., swap_ms: _Optional[float] = ...) -> None: ...
+
+class RollbackRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

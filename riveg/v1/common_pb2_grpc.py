@@ -6,7 +6,8 @@ from riveg.v1 import common_pb2 as riveg_dot_v1_dot_common__pb2
 
 
 class ModelAdminStub(object):
-    """Every stage server also serves this: which model answers, and is it ready.
+    """Every stage server also serves this: which model answers, which versions exist, load one (warm,
+    then an atomic swap; in-flight calls finish on the old one), roll back to the previous one.
     """
 
     def __init__(self, channel):
@@ -20,13 +21,47 @@ class ModelAdminStub(object):
                 request_serializer=riveg_dot_v1_dot_common__pb2.CurrentModelRequest.SerializeToString,
                 response_deserializer=riveg_dot_v1_dot_common__pb2.CurrentModelResponse.FromString,
                 )
+        self.List = channel.unary_unary(
+                '/riveg.v1.ModelAdmin/List',
+                request_serializer=riveg_dot_v1_dot_common__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=riveg_dot_v1_dot_common__pb2.ListModelsResponse.FromString,
+                )
+        self.Load = channel.unary_unary(
+                '/riveg.v1.ModelAdmin/Load',
+                request_serializer=riveg_dot_v1_dot_common__pb2.LoadModelRequest.SerializeToString,
+                response_deserializer=riveg_dot_v1_dot_common__pb2.LoadModelResponse.FromString,
+                )
+        self.Rollback = channel.unary_unary(
+                '/riveg.v1.ModelAdmin/Rollback',
+                request_serializer=riveg_dot_v1_dot_common__pb2.RollbackRequest.SerializeToString,
+                response_deserializer=riveg_dot_v1_dot_common__pb2.LoadModelResponse.FromString,
+                )
 
 
 class ModelAdminServicer(object):
-    """Every stage server also serves this: which model answers, and is it ready.
+    """Every stage server also serves this: which model answers, which versions exist, load one (warm,
+    then an atomic swap; in-flight calls finish on the old one), roll back to the previous one.
     """
 
     def Current(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def List(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Load(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Rollback(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -40,6 +75,21 @@ def add_ModelAdminServicer_to_server(servicer, server):
                     request_deserializer=riveg_dot_v1_dot_common__pb2.CurrentModelRequest.FromString,
                     response_serializer=riveg_dot_v1_dot_common__pb2.CurrentModelResponse.SerializeToString,
             ),
+            'List': grpc.unary_unary_rpc_method_handler(
+                    servicer.List,
+                    request_deserializer=riveg_dot_v1_dot_common__pb2.ListModelsRequest.FromString,
+                    response_serializer=riveg_dot_v1_dot_common__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'Load': grpc.unary_unary_rpc_method_handler(
+                    servicer.Load,
+                    request_deserializer=riveg_dot_v1_dot_common__pb2.LoadModelRequest.FromString,
+                    response_serializer=riveg_dot_v1_dot_common__pb2.LoadModelResponse.SerializeToString,
+            ),
+            'Rollback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rollback,
+                    request_deserializer=riveg_dot_v1_dot_common__pb2.RollbackRequest.FromString,
+                    response_serializer=riveg_dot_v1_dot_common__pb2.LoadModelResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'riveg.v1.ModelAdmin', rpc_method_handlers)
@@ -48,7 +98,8 @@ def add_ModelAdminServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class ModelAdmin(object):
-    """Every stage server also serves this: which model answers, and is it ready.
+    """Every stage server also serves this: which model answers, which versions exist, load one (warm,
+    then an atomic swap; in-flight calls finish on the old one), roll back to the previous one.
     """
 
     @staticmethod
@@ -65,5 +116,56 @@ class ModelAdmin(object):
         return grpc.experimental.unary_unary(request, target, '/riveg.v1.ModelAdmin/Current',
             riveg_dot_v1_dot_common__pb2.CurrentModelRequest.SerializeToString,
             riveg_dot_v1_dot_common__pb2.CurrentModelResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def List(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/riveg.v1.ModelAdmin/List',
+            riveg_dot_v1_dot_common__pb2.ListModelsRequest.SerializeToString,
+            riveg_dot_v1_dot_common__pb2.ListModelsResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def Load(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/riveg.v1.ModelAdmin/Load',
+            riveg_dot_v1_dot_common__pb2.LoadModelRequest.SerializeToString,
+            riveg_dot_v1_dot_common__pb2.LoadModelResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def Rollback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/riveg.v1.ModelAdmin/Rollback',
+            riveg_dot_v1_dot_common__pb2.RollbackRequest.SerializeToString,
+            riveg_dot_v1_dot_common__pb2.LoadModelResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)

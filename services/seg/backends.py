@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from abc import abstractmethod
+from pathlib import Path
 
 import cv2
 import numpy as np
 
 from riveg.common.backend import Backend, BackendRegistry
 from riveg.common.logging import get_logger
+from riveg.vision.hf import WARM_IMAGE, model_folder, model_options, torch_threads
 
 SEG_BACKENDS: BackendRegistry[SegBackend] = BackendRegistry("seg")
 log = get_logger("riveg.seg")
@@ -17,9 +19,15 @@ log = get_logger("riveg.seg")
 class SegBackend(Backend):
     """Segments all boxes of one image in one call."""
 
+    model_dir: Path | None = None  # the model-store folder, when the model came from there
+
     @abstractmethod
     def segment(self, image: np.ndarray, boxes: list[list[float]]) -> list[np.ndarray]:
         """One HxW uint8 {0,1} mask per box, in order."""
+
+    def warm(self) -> None:
+        """One call on a small grey image, so the first real call pays no first-call costs."""
+        self.segment(WARM_IMAGE, [[8.0, 8.0, 40.0, 40.0]])
 
 
 @SEG_BACKENDS.register("grabcut")
@@ -82,3 +90,84 @@ class GrabCutSegBackend(SegBackend):
         x1, y1 = max(0, int(np.floor(box[0]))), max(0, int(np.floor(box[1])))
         inside[y1 : int(np.ceil(box[3])), x1 : int(np.ceil(box[2]))] = 1
         return mask * inside
+
+
+@SEG_BACKENDS.register("sam")
+class SamSegBackend(SegBackend):
+    """SAM through ``transformers.SamModel`` (ViT-B/L/H, SlimSAM, ... from the model store), one
+    box prompt per box: the image is encoded once per call and every box decoded against that
+    embedding. Masks come back at the original image size (the processor's resize and padding
+    undone by ``post_process_masks``)."""
+
+    name = "sam"
+    version = "1"
+
+    def _load(self) -> None:
+        from transformers import SamModel, SamProcessor
+
+        torch_threads(self.settings)
+        folder = model_folder(self)
+        self.processor = SamProcessor.from_pretrained(folder, local_files_only=True)
+        self.net = SamModel.from_pretrained(folder, local_files_only=True).eval()
+
+    def segment(self, image: np.ndarray, boxes: list[list[float]]) -> list[np.ndarray]:
+        if not boxes:
+            return []
+        import torch
+
+        inputs = self.processor(
+            images=image, input_boxes=[[list(map(float, b)) for b in boxes]], return_tensors="pt"
+        )
+        with torch.inference_mode():
+            embeddings = self.net.get_image_embeddings(inputs["pixel_values"])
+            outputs = self.net(
+                image_embeddings=embeddings,
+                input_boxes=inputs["input_boxes"],
+                multimask_output=False,
+            )
+        masks = self.processor.image_processor.post_process_masks(
+            outputs.pred_masks, inputs["original_sizes"], inputs["reshaped_input_sizes"]
+        )[0]  # [boxes, 1, H, W] booleans
+        return [m[0].numpy().astype(np.uint8) for m in masks]
+
+
+@SEG_BACKENDS.register("segment-anything")
+class SegmentAnythingSegBackend(SegBackend):
+    """The original ``segment_anything`` package with a SAM checkpoint from the model store
+    (``riveg-seg.json``: ``{"model_type": "vit_h", "checkpoint": "sam_vit_h_4b8939.pth"}``).
+
+    Optional: that package imports torchvision, so it is imported only here, and a missing or
+    broken install is reported by name. The ``sam`` backend serves the same models without it.
+    """
+
+    name = "segment-anything"
+    version = "1"
+
+    def _load(self) -> None:
+        folder = model_folder(self)
+        options = model_options(folder, "riveg-seg.json")
+        try:
+            from segment_anything import SamPredictor, sam_model_registry
+        except Exception as exc:  # ImportError, or torchvision failing inside it
+            raise RuntimeError(
+                "the segment-anything backend needs the segment_anything package and a working "
+                f"torchvision ({type(exc).__name__}: {exc}); use RIVEG_SEG_BACKEND=sam "
+                "(transformers SamModel) instead"
+            ) from exc
+        model_type = options.get("model_type", "vit_h")
+        checkpoint = folder / options.get("checkpoint", "model.pth")
+        if not checkpoint.is_file():
+            raise FileNotFoundError(f"SAM checkpoint not found: {checkpoint}")
+        self.predictor = SamPredictor(sam_model_registry[model_type](checkpoint=str(checkpoint)))
+
+    def segment(self, image: np.ndarray, boxes: list[list[float]]) -> list[np.ndarray]:
+        if not boxes:
+            return []
+        self.predictor.set_image(np.ascontiguousarray(image))  # one encoding per image
+        masks = []
+        for box in boxes:
+            found, _, _ = self.predictor.predict(
+                box=np.asarray(box, np.float32), multimask_output=False
+            )
+            masks.append(found[0].astype(np.uint8))
+        return masks

@@ -15,12 +15,13 @@ class SegServicer(StageServicer, seg_pb2_grpc.SegServiceServicer):
     """Serves riveg.v1.SegService; with an output_prefix, masks go to the store as PNGs."""
 
     def Segment(self, request, context):
-        response = seg_pb2.SegmentResponse(model=self.backend.model)
+        backend = self.backend  # read once: a hot swap cannot mix two models
+        response = seg_pb2.SegmentResponse(model=backend.model)
         if not request.boxes:
             return response
         image = fetch_image(self.store, request.image.key)
         check_deadline(context)
-        masks = self.backend.segment(image, [box_from_proto(b) for b in request.boxes])
+        masks = backend.segment(image, [box_from_proto(b) for b in request.boxes])
         prefix = request.output_prefix.rstrip("/")
         for index, mask in enumerate(masks):
             height, width = mask.shape
@@ -35,7 +36,7 @@ class SegServicer(StageServicer, seg_pb2_grpc.SegServiceServicer):
 
 
 def build_spec(settings: Settings, store: ObjectStore) -> StageSpec:
-    """The SEG stage as configured (RIVEG_SEG_BACKEND)."""
+    """The SEG stage as configured (RIVEG_SEG_MODEL, else RIVEG_SEG_BACKEND)."""
     return build_stage_spec(
         "seg",
         "riveg.v1.SegService",

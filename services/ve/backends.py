@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 from abc import abstractmethod
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from riveg.common.backend import Backend, BackendRegistry
+from riveg.vision.hf import (
+    WARM_ENTITY,
+    WARM_IMAGE,
+    model_folder,
+    model_options,
+    query_text,
+    torch_threads,
+)
 
 VE_BACKENDS: BackendRegistry[VeBackend] = BackendRegistry("ve")
 
@@ -15,9 +24,15 @@ VE_BACKENDS: BackendRegistry[VeBackend] = BackendRegistry("ve")
 class VeBackend(Backend):
     """Decides visibility for all entities of one image in one call."""
 
+    model_dir: Path | None = None  # the model-store folder, when the model came from there
+
     @abstractmethod
     def entail(self, image: np.ndarray, entities: list[dict[str, Any]]) -> list[tuple[bool, float]]:
         """(groundable, score) per entity, in order."""
+
+    def warm(self) -> None:
+        """One call on a small grey image, so the first real call pays no first-call costs."""
+        self.entail(WARM_IMAGE, [WARM_ENTITY])
 
 
 @VE_BACKENDS.register("person")
@@ -44,3 +59,116 @@ class PersonVeBackend(VeBackend):
             (e["type"] == "PER" and bool(people), best if e["type"] == "PER" else 0.0)
             for e in entities
         ]
+
+
+@VE_BACKENDS.register("groundability")
+class GroundabilityVeBackend(VeBackend):
+    """Text-side groundability (MiniLM embeddings + logistic regression trained on Twitter-GMNER,
+    ``riveg.ve.groundability``) combined with the bundled person detector's evidence:
+
+    * PER: groundable when the detector finds a person and the text model does not rule the
+      entity out (P >= ``per_floor``); score = mean of the text probability and the detector's
+      confidence. Without a person in the image, not groundable (score = P x 0.5).
+    * other types: the detector says nothing about them; groundable when P >= ``threshold``.
+
+    The detector runs only when a PER entity is in the batch. Weights: the committed
+    ``riveg/ve/weights/groundability-1.npz``, or ``groundability.npz`` in a model-store folder.
+    """
+
+    name = "minilm-groundability"
+    version = "1"
+    PER_FLOOR = 0.25
+
+    def _load(self) -> None:
+        from riveg.ve.groundability import WEIGHTS, Embedder, GroundabilityModel
+        from riveg.vision.person import PersonDetector
+
+        weights = WEIGHTS if self.model_dir is None else Path(self.model_dir) / "groundability.npz"
+        self.text_model = GroundabilityModel.load(weights)
+        self.embed = Embedder(threads=self.settings.torch_threads)
+        self.detector = PersonDetector()
+
+    def text_probabilities(self, entities: list[dict[str, Any]]) -> np.ndarray:
+        """P(groundable) of each entity from its type and text alone."""
+        from riveg.ve.groundability import features
+
+        return self.text_model.probability(features(self.embed, [entities]))
+
+    def entail(self, image: np.ndarray, entities: list[dict[str, Any]]) -> list[tuple[bool, float]]:
+        if not entities:
+            return []
+        probability = self.text_probabilities(entities)
+        people = self.detector.detect(image) if any(e["type"] == "PER" for e in entities) else []
+        person = max((p.score for p in people), default=0.0)
+        results = []
+        for entity, p in zip(entities, probability.tolist(), strict=True):
+            if entity["type"] == "PER":
+                groundable = bool(people) and p >= self.PER_FLOOR
+                score = (p + person) / 2 if people else p * 0.5
+            else:
+                groundable = p >= self.text_model.threshold
+                score = p
+            results.append((groundable, round(float(score), 6)))
+        return results
+
+
+@VE_BACKENDS.register("clip")
+class ClipVeBackend(VeBackend):
+    """CLIP-style image-text similarity (``transformers`` CLIPModel / SigLIP-compatible folder
+    from the model store): the cosine similarity of the image and each referring expression,
+    one forward pass for all entities of the image, calibrated to a probability by
+    ``riveg-ve.json`` beside the weights: ``{"threshold": t, "temperature": s}``, score =
+    sigmoid((cos - t) / s), groundable when cos >= t. ``calibrate_threshold`` fits t on labelled
+    similarities."""
+
+    name = "clip"
+    version = "1"
+
+    def _load(self) -> None:
+        from transformers import AutoModel, AutoProcessor
+
+        torch_threads(self.settings)
+        folder = model_folder(self)
+        options = model_options(folder, "riveg-ve.json")
+        self.threshold = float(options.get("threshold", 0.25))
+        self.temperature = float(options.get("temperature", 0.02))
+        self.processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
+        self.net = AutoModel.from_pretrained(folder, local_files_only=True).eval()
+        self.max_text = self.net.config.text_config.max_position_embeddings
+
+    def similarities(self, image: np.ndarray, entities: list[dict[str, Any]]) -> np.ndarray:
+        """Cosine similarity of the image with each entity's expression."""
+        import torch
+
+        inputs = self.processor(
+            text=[query_text(e) for e in entities],
+            images=image,
+            return_tensors="pt",
+            padding=True,
+            truncation=True,
+            max_length=self.max_text,
+        )
+        with torch.inference_mode():
+            out = self.net(**inputs)
+            image_vec = torch.nn.functional.normalize(out.image_embeds, dim=-1)
+            text_vec = torch.nn.functional.normalize(out.text_embeds, dim=-1)
+            return (text_vec @ image_vec[0]).numpy()
+
+    def entail(self, image: np.ndarray, entities: list[dict[str, Any]]) -> list[tuple[bool, float]]:
+        if not entities:
+            return []
+        cosine = self.similarities(image, entities)
+        probability = 1.0 / (1.0 + np.exp(-(cosine - self.threshold) / self.temperature))
+        return [
+            (bool(c >= self.threshold), round(float(p), 6))
+            for c, p in zip(cosine, probability, strict=True)
+        ]
+
+
+def calibrate_threshold(similarities: np.ndarray, labels: np.ndarray) -> float:
+    """The similarity threshold with the best accuracy on labelled pairs (for riveg-ve.json)."""
+    values = np.unique(np.asarray(similarities, np.float64))
+    labels = np.asarray(labels, bool)
+    candidates = np.concatenate([[values[0] - 1e-6], (values[:-1] + values[1:]) / 2, [values[-1]]])
+    accuracy = [float(((similarities >= t) == labels).mean()) for t in candidates]
+    return float(candidates[int(np.argmax(accuracy))])

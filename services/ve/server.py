@@ -15,19 +15,20 @@ class VeServicer(StageServicer, ve_pb2_grpc.VeServiceServicer):
     """Serves riveg.v1.VeService with one backend, reading images from the object store."""
 
     def Entail(self, request, context):
-        response = ve_pb2.EntailResponse(model=self.backend.model)
+        backend = self.backend  # read once: a hot swap cannot mix two models
+        response = ve_pb2.EntailResponse(model=backend.model)
         if not request.entities:
             return response
         image = fetch_image(self.store, request.image.key)
         check_deadline(context)
         entities = [entity_from_proto(e) for e in request.entities]
-        for groundable, score in self.backend.entail(image, entities):
+        for groundable, score in backend.entail(image, entities):
             response.results.add(groundable=groundable, score=score)
         return response
 
 
 def build_spec(settings: Settings, store: ObjectStore) -> StageSpec:
-    """The VE stage as configured (RIVEG_VE_BACKEND)."""
+    """The VE stage as configured (RIVEG_VE_MODEL, else RIVEG_VE_BACKEND)."""
     return build_stage_spec(
         "ve",
         "riveg.v1.VeService",

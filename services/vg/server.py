@@ -15,13 +15,14 @@ class VgServicer(StageServicer, vg_pb2_grpc.VgServiceServicer):
     """Serves riveg.v1.VgService with one backend, reading images from the object store."""
 
     def Ground(self, request, context):
-        response = vg_pb2.GroundResponse(model=self.backend.model)
+        backend = self.backend  # read once: a hot swap cannot mix two models
+        response = vg_pb2.GroundResponse(model=backend.model)
         if not request.entities:
             return response
         image = fetch_image(self.store, request.image.key)
         check_deadline(context)
         entities = [entity_from_proto(e) for e in request.entities]
-        for box, score in self.backend.ground(image, entities):
+        for box, score in backend.ground(image, entities):
             result = response.results.add(found=box is not None, score=score)
             if box is not None:
                 result.box.CopyFrom(box_to_proto(box))
@@ -29,7 +30,7 @@ class VgServicer(StageServicer, vg_pb2_grpc.VgServiceServicer):
 
 
 def build_spec(settings: Settings, store: ObjectStore) -> StageSpec:
-    """The VG stage as configured (RIVEG_VG_BACKEND)."""
+    """The VG stage as configured (RIVEG_VG_MODEL, else RIVEG_VG_BACKEND)."""
     return build_stage_spec(
         "vg",
         "riveg.v1.VgService",
