@@ -156,6 +156,38 @@ def backend_score(name: str, dataset: str, with_knowledge: bool, model: str | No
     return path
 
 
+def robustness(dataset: str, model: str | None, seed: int = 13) -> Path:
+    """Dev F1 of a model when the knowledge is degraded: none, cut short, or another post's."""
+    import random
+
+    sys.path.insert(0, str(ROOT))
+    from riveg.mner.data import load_split
+    from riveg.mner.evaluate import evaluate as score
+    from riveg.mner.model import default_model_dir, load_tagger
+
+    folder = Path(model) if model else default_model_dir()
+    tagger, encoder = load_tagger(folder)
+    posts = load_split(dataset, "dev")
+    original = [p.knowledge for p in posts]
+    shuffled = original[:]
+    random.Random(seed).shuffle(shuffled)
+    variants = {
+        "full": original,
+        "none": [[] for _ in posts],
+        "first_24_words": [k[:24] for k in original],
+        "first_8_words": [k[:8] for k in original],
+        "another_posts": shuffled,
+    }
+    result: dict = {"dataset": dataset, "split": "dev", "model": str(folder), "f1": {}}
+    for name, knowledge in variants.items():
+        for post, k in zip(posts, knowledge, strict=True):
+            post.knowledge = k
+        result["f1"][name] = score(tagger, encoder, posts, True)["f1"]
+    path = RESULTS / f"mner_robustness_{dataset}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return path
+
+
 def table() -> str:
     """Markdown table from the result files, beside the paper's numbers."""
     lines = [
@@ -165,7 +197,7 @@ def table() -> str:
     ]
     for path in sorted(RESULTS.glob("mner_*.json")):
         r = json.loads(path.read_text())
-        if "mode" not in r:
+        if "mode" not in r or "dev_without_knowledge" not in r:
             continue
         without = r["dev_without_knowledge"]["f1"] * 100
         with_k = r.get("dev_with_knowledge", {}).get("f1")
@@ -198,12 +230,16 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--tag", default="", help="suffix of the run and result names")
     parser.add_argument("--history", help="metrics.jsonl of the run that made --model")
+    parser.add_argument("--robustness", action="store_true", help="score degraded knowledge")
     parser.add_argument("--table", action="store_true", help="print the README table and exit")
     parser.add_argument("--backend", help="score a serving backend (spacy, crf) on raw dev text")
     args = parser.parse_args()
     if args.backend:
         dataset = args.dataset or "twitter_gmner"
         print(backend_score(args.backend, dataset, args.mode == "knowledge", args.model))
+        return
+    if args.robustness:
+        print(robustness(args.dataset or "twitter_gmner", args.model))
         return
     if args.table:
         print(table())

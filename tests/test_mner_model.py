@@ -180,7 +180,9 @@ def test_load_rejects_non_model(tmp_path: Path) -> None:
 
 
 def test_train_keeps_best_and_resumes(encoder_dir: Path, tmp_path: Path) -> None:
-    options = TrainOptions(epochs=1, batch_size=2, lr=1e-3, head_lr=1e-2, knowledge_dropout=0.5)
+    options = TrainOptions(
+        epochs=1, batch_size=2, lr=1e-3, head_lr=1e-2, knowledge_dropout=0.5, knowledge_noise=0.5
+    )
     out = tmp_path / "run"
     summary = train(POSTS, POSTS, out, encoder_dir, TaggerConfig(), options)
     assert (out / "best" / "model.safetensors").is_file() and len(summary["history"]) == 1

@@ -66,6 +66,12 @@ def mner_group() -> None:
     show_default=True,
     help="fraction of batches trained without knowledge",
 )
+@click.option(
+    "--knowledge-noise",
+    default=0.0,
+    show_default=True,
+    help="fraction of knowledge batches given other posts' knowledge",
+)
 @click.option("--max-length", default=256, show_default=True, help="subwords per sequence")
 @click.option("--knowledge-max", default=200, show_default=True, help="knowledge subwords kept")
 @click.option(
@@ -125,6 +131,7 @@ def train_command(**kw: Any) -> None:
             lr=kw["lr"],
             head_lr=kw["head_lr"],
             knowledge_dropout=0.0 if kw["no_knowledge"] else kw["knowledge_dropout"],
+            knowledge_noise=0.0 if kw["no_knowledge"] else kw["knowledge_noise"],
             select="without" if kw["no_knowledge"] else kw["select"],
             seed=kw["seed"],
             max_train_posts=kw["max_train_posts"],

@@ -43,6 +43,7 @@ class TrainOptions:
     warmup: float = 0.1
     weight_decay: float = 0.01
     knowledge_dropout: float = 0.3
+    knowledge_noise: float = 0.0  # fraction of knowledge batches given other posts' knowledge
     select: str = "mean"  # with | without | mean (of the dev F1 with and without knowledge)
     seed: int = 13
     eval_batch_size: int = 64
@@ -53,6 +54,8 @@ class TrainOptions:
             raise ValueError(f"select must be with, without or mean, not {self.select!r}")
         if not 0.0 <= self.knowledge_dropout <= 1.0:
             raise ValueError("knowledge_dropout must lie in [0, 1]")
+        if not 0.0 <= self.knowledge_noise <= 1.0:
+            raise ValueError("knowledge_noise must lie in [0, 1]")
 
 
 def seed_everything(seed: int) -> None:
@@ -167,12 +170,23 @@ def train(
         lengths = [len(e["input_ids"]) for e in with_k]
         batches = make_batches(lengths, options.batch_size, rng)
         drops = [rng.random() < options.knowledge_dropout for _ in batches]
+        noise_rng = random.Random(options.seed * 7919 + epoch)
+        noisy = [noise_rng.random() < options.knowledge_noise for _ in batches]
         tagger.train()
         began, total_loss = time.time(), 0.0
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{options.epochs}", file=sys.stderr)
         for step, (batch_ids, drop) in enumerate(zip(bar, drops, strict=True)):
-            source = without_k if drop else with_k
-            batch = encoder.collate([source[i] for i in batch_ids], [labels[i] for i in batch_ids])
+            if drop:
+                items = [without_k[i] for i in batch_ids]
+            elif noisy[step]:  # knowledge of other posts: learn to ignore unrelated knowledge
+                others = [noise_rng.randrange(len(train_posts)) for _ in batch_ids]
+                items = [
+                    encoder.encode(train_posts[i].tokens, train_posts[j].knowledge or None)
+                    for i, j in zip(batch_ids, others, strict=True)
+                ]
+            else:
+                items = [with_k[i] for i in batch_ids]
+            batch = encoder.collate(items, [labels[i] for i in batch_ids])
             loss = tagger.loss(batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
