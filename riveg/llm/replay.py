@@ -34,10 +34,16 @@ def normalise_text(text: str) -> str:
     return " ".join(words).casefold()
 
 
+PREFERRED_DATASET = "twitter_gmner"
+
+
 def knowledge_files(root: Path | None = None) -> list[Path]:
-    """Every released knowledge file under the datasets folder, sorted."""
+    """Every released knowledge file under the datasets folder, Twitter-GMNER's (the RiVEG
+    release) first: GMNER reuses Twitter-2015/2017 tweets whose PGIM knowledge differs, and
+    the first file holding a post wins."""
     base = root or shared_datasets_dir()
-    return sorted(base.glob("*/knowledge_chatgpt/*.txt"))
+    files = base.glob("*/knowledge_chatgpt/*.txt")
+    return sorted(files, key=lambda f: (f.parent.parent.name != PREFERRED_DATASET, str(f)))
 
 
 class ReplayIndex:

@@ -8,17 +8,24 @@ from riveg.common.rpc import StageServicer, StageSpec, check_deadline
 from riveg.common.storage import ObjectStore
 from riveg.llm.cache import GenerationCache
 from riveg.llm.describe import ImageDescriber
+from riveg.modelstore.manager import ModelManager
 from riveg.v1 import llm_pb2, llm_pb2_grpc
-from services.llm.backends import LlmRouter, referring_expression
+from services.llm.backends import LLM_BACKENDS, LlmBackend, LlmRouter, referring_expression
 
 
 class LlmServicer(StageServicer, llm_pb2_grpc.LlmServiceServicer):
     """Serves riveg.v1.LlmService with the backend of each job type (an LlmRouter)."""
 
-    def __init__(self, backend: LlmRouter, store: ObjectStore) -> None:
-        super().__init__(backend, store)
-        cache = GenerationCache(store) if backend.settings.llm_cache and store else None
-        self.describer = ImageDescriber(backend.settings, cache)
+    def __init__(self, models: ModelManager, store: ObjectStore) -> None:
+        super().__init__(models, store)
+        settings = self.backend.settings
+        cache = GenerationCache(store) if settings.llm_cache and store else None
+        self.describer = ImageDescriber(settings, cache)
+
+    def _for_job(self, job: str) -> LlmBackend:
+        # Read the answering model once; a backend swapped in by ModelAdmin/Load serves both jobs.
+        current = self.backend
+        return current.for_job(job) if isinstance(current, LlmRouter) else current
 
     def Knowledge(self, request, context):
         if not request.text.strip():
@@ -27,14 +34,14 @@ class LlmServicer(StageServicer, llm_pb2_grpc.LlmServiceServicer):
         description = request.image_description
         if not description.strip() and (request.image.key or request.image_id):
             description = self._describe(request.image, request.image_id).text
-        backend = self.backend.for_job("knowledge")
+        backend = self._for_job("knowledge")
         knowledge = backend.knowledge(request.text, description)
         return llm_pb2.KnowledgeResponse(knowledge=knowledge, model=backend.model)
 
     def Expand(self, request, context):
         check_deadline(context)
         entities = list(request.entities)
-        backend = self.backend.for_job("expand")
+        backend = self._for_job("expand")
         descriptions = backend.expand(
             request.text, [{"text": e.text, "type": e.type} for e in entities], request.knowledge
         )
@@ -56,7 +63,7 @@ class LlmServicer(StageServicer, llm_pb2_grpc.LlmServiceServicer):
 
     def _describe(self, image, image_id: str):  # type: ignore[no-untyped-def]
         # A released caption needs no pixels; read the image only when it will be looked at.
-        if image_id and not self.backend.settings.llm_vision_model:
+        if image_id and not self.describer.settings.llm_vision_model:
             caption = self.describer.captions.get(image_id)
             if caption:
                 return self.describer.describe(None, image_id)
@@ -68,11 +75,11 @@ def build_spec(settings: Settings, store: ObjectStore) -> StageSpec:
     """The LLM stage as configured: RIVEG_LLM_KNOWLEDGE_BACKEND and RIVEG_LLM_EXPAND_BACKEND
     (both default to RIVEG_LLM_BACKEND), each backend created once."""
     router = LlmRouter(settings, store)
+    models = ModelManager("llm", LLM_BACKENDS, settings, router, router.backend_name)
     return StageSpec(
         stage="llm",
         service_name="riveg.v1.LlmService",
-        servicer=LlmServicer(router, store),
+        servicer=LlmServicer(models, store),
         add_to_server=llm_pb2_grpc.add_LlmServiceServicer_to_server,
-        backend=router,
-        backend_name=router.backend_name,
+        models=models,
     )
