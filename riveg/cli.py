@@ -24,8 +24,9 @@ from riveg.evaluation.cli import eval_group  # noqa: E402
 from riveg.llm.cli import llm_group  # noqa: E402
 from riveg.orchestration.commands import analyze, batch, serve, worker  # noqa: E402
 from riveg.orchestration.launcher import up  # noqa: E402
+from riveg.ve.cli import ve_group  # noqa: E402
 
-for command in (analyze, batch, serve, worker, up, eval_group, llm_group):
+for command in (analyze, batch, serve, worker, up, eval_group, llm_group, ve_group):
     main.add_command(command)
 
 
