@@ -77,4 +77,5 @@ def torch_threads(settings: Any) -> None:
 
 
 WARM_IMAGE = np.full((48, 64, 3), 127, np.uint8)
-WARM_ENTITY = {"text": "warm up", "start": 0, "end": 7, "type": "MISC", "expression": ""}
+# PER, so that person-detector backends run their detector too.
+WARM_ENTITY = {"text": "warm up", "start": 0, "end": 7, "type": "PER", "expression": ""}
