@@ -58,7 +58,7 @@ class FakeOpenAI:
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", 0))
                 body = json.loads(self.rfile.read(length) or b"{}")
                 with owner._lock:
@@ -187,7 +187,7 @@ def test_other_4xx_is_not_retried(fake):
 def test_timeouts_are_retried_then_reported(fake):
     fake.delay_s = 1.0
     started = time.perf_counter()
-    with pytest.raises(LlmHttpError, match="timed out.*gave up after 2 attempts"):
+    with pytest.raises(LlmHttpError, match=r"timed out.*gave up after 2 attempts"):
         _client(fake, retries=1, timeout_s=0.2).complete("p", 4)
     assert len(fake.requests) == 2
     assert time.perf_counter() - started < 1.5
@@ -212,7 +212,7 @@ def test_malformed_replies_fail_at_once(fake, reply, message):
 
 def test_chat_reply_without_content_is_malformed(fake):
     fake.behaviour = lambda path, body, n: (200, {}, b'{"choices": [{"message": {}}]}')
-    with pytest.raises(LlmHttpError, match="message.content"):
+    with pytest.raises(LlmHttpError, match=r"message\.content"):
         _client(fake).chat([{"role": "user", "content": "hi"}], 4)
 
 

@@ -12,6 +12,10 @@ from riveg.modelstore.manager import ModelManager
 from riveg.v1 import llm_pb2, llm_pb2_grpc
 from services.llm.backends import LLM_BACKENDS, LlmBackend, LlmRouter, referring_expression
 
+# A call must leave the LLM stage at least this long: shorter deadlines are refused on arrival
+# (DEADLINE_EXCEEDED) rather than started, even when the answer may sit in the cache.
+MIN_DEADLINE_S = 0.05
+
 
 class LlmServicer(StageServicer, llm_pb2_grpc.LlmServiceServicer):
     """Serves riveg.v1.LlmService with the backend of each job type (an LlmRouter)."""
@@ -30,7 +34,7 @@ class LlmServicer(StageServicer, llm_pb2_grpc.LlmServiceServicer):
     def Knowledge(self, request, context):
         if not request.text.strip():
             raise InvalidInput("the post text is empty")
-        check_deadline(context)
+        check_deadline(context, MIN_DEADLINE_S)
         description = request.image_description
         if not description.strip() and (request.image.key or request.image_id):
             description = self._describe(request.image, request.image_id).text
@@ -39,7 +43,7 @@ class LlmServicer(StageServicer, llm_pb2_grpc.LlmServiceServicer):
         return llm_pb2.KnowledgeResponse(knowledge=knowledge, model=backend.model)
 
     def Expand(self, request, context):
-        check_deadline(context)
+        check_deadline(context, MIN_DEADLINE_S)
         entities = list(request.entities)
         backend = self._for_job("expand")
         descriptions = backend.expand(
@@ -53,7 +57,7 @@ class LlmServicer(StageServicer, llm_pb2_grpc.LlmServiceServicer):
         return response
 
     def Describe(self, request, context):
-        check_deadline(context)
+        check_deadline(context, MIN_DEADLINE_S)
         if not request.image.key and not request.image_id:
             raise InvalidInput("give an image (object key) or a dataset image id")
         description = self._describe(request.image, request.image_id)

@@ -1,0 +1,94 @@
+"""Prompts (MSEA knowledge prompt, fixed few-shot expansion), referring expressions, the cache
+keys, image descriptions (detector, released captions) and the per-job backend routing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from riveg.common.config import load_settings
+from riveg.common.storage import LocalObjectStore
+from riveg.data.conll import shared_datasets_dir
+from riveg.llm.cache import GenerationCache, request_hash
+from riveg.llm.describe import CaptionIndex, DetectorDescriber, people_phrase
+from riveg.sample import SAMPLE_IMAGE
+from services.llm.backends import LlmRouter, clean_description, create_backend, referring_expression
+
+ANNOTATIONS = shared_datasets_dir() / "twitter2017" / "manual_annotations" / "2017train.txt"
+GMNER_CAPTIONS = shared_datasets_dir() / "twitter_gmner" / "captions_mplug_owl" / "dev.txt"
+
+
+def test_referring_expression_and_description_cleaning() -> None:
+    assert referring_expression("NASA", "ORG", "a space agency") == "NASA(ORG)-a space agency"
+    assert referring_expression("NASA", "ORG", "") == "NASA(ORG)"
+    assert clean_description('  "a space agency."\nText: more') == "a space agency"
+
+
+def test_expansion_prompt_is_the_fixed_few_shot_prompt() -> None:
+    backend = create_backend("openai", load_settings(llm_api_model="m"))
+    [prompt] = backend.expand_prompts("NASA rocket", [{"text": "NASA"}], "NASA is an agency.")
+    assert prompt.count("Question: Briefly, what is the") == 4
+    assert prompt.endswith(
+        "Background: NASA is an agency.\nText: NASA rocket\n"
+        "Question: Briefly, what is the NASA in the Text?\nAnswer:"
+    )
+
+
+@pytest.mark.skipif(not ANNOTATIONS.is_file(), reason=f"manual annotations absent ({ANNOTATIONS})")
+def test_knowledge_prompt_holds_the_five_most_similar_annotated_examples() -> None:
+    backend = create_backend("openai", load_settings(llm_api_model="m"))
+    text = "Kevin Durant and the Warriors beat the Cavaliers in the NBA Finals"
+    prompt = backend.knowledge_prompt(text, "a basketball player on the court")
+    assert prompt.startswith("Here are some posts from Twitter")
+    assert prompt.count("\nQuestion: Which named entities") == 6  # 5 examples + the post
+    assert prompt.count("Answer: Named entities") >= 3
+    assert prompt.endswith(f"Text: {text}\nImage: a basketball player on the court\n"
+                           "Question: Which named entities does the text mention, and what are "
+                           "they?\nAnswer:")  # fmt: skip
+    first_example = prompt.split("Text: ", 2)[1]
+    assert any(w in first_example for w in ("NBA", "Warriors", "Cavs", "Cavaliers", "Durant"))
+
+
+def test_cache_keys_separate_backend_model_and_request(tmp_path: Path) -> None:
+    cache = GenerationCache(LocalObjectStore(tmp_path))
+    digest = request_hash("prompt", max_new_tokens=4, stop=["\n"])
+    assert digest != request_hash("prompt", max_new_tokens=5, stop=["\n"])
+    assert cache.get("gemma", "g@1", digest) is None
+    cache.put("gemma", "g@1", digest, "an answer")
+    assert cache.get("gemma", "g@1", digest) == "an answer"
+    assert cache.get("openai", "g@1", digest) is None and cache.get("gemma", "g@2", digest) is None
+    assert (cache.hits, cache.misses) == (1, 3)
+
+
+def test_people_phrases() -> None:
+    assert people_phrase(0, 0.0) == "a photo with no person visible"
+    assert people_phrase(1, 0.1) == "a photo of one person"
+    assert people_phrase(1, 0.6) == "a close-up photo of one person"
+    assert people_phrase(3, 0.2) == "a photo of three people"
+    assert people_phrase(9, 0.2) == "a photo of several people"
+
+
+def test_offline_description_of_the_sample_comes_from_the_detector() -> None:
+    described = DetectorDescriber().describe(SAMPLE_IMAGE.read_bytes())
+    assert described.source == "detector"
+    assert described.text in ("a photo of one person", "a close-up photo of one person")
+
+
+@pytest.mark.skipif(not GMNER_CAPTIONS.is_file(), reason=f"captions absent ({GMNER_CAPTIONS})")
+def test_released_captions_by_image_id() -> None:
+    captions = CaptionIndex()
+    assert "Ted Cruz" in captions.get("1768609.jpg")
+    assert captions.get("no-such-image") is None
+
+
+def test_router_hosts_one_backend_per_name_and_job(tmp_path: Path) -> None:
+    settings = load_settings(
+        llm_backend="openai", llm_expand_backend="gemma", llm_api_model="m", store_path=tmp_path
+    )
+    router = LlmRouter(settings, LocalObjectStore(tmp_path))
+    assert router.for_job("knowledge").key == "openai" and router.for_job("expand").key == "gemma"
+    assert router.backend_name == "knowledge=openai,expand=gemma"
+    assert router.for_job("expand").cache is not None
+    same = LlmRouter(load_settings(llm_backend="openai", llm_api_model="m"))
+    assert same.for_job("knowledge") is same.for_job("expand") and same.backend_name == "openai"
