@@ -25,7 +25,7 @@ from riveg.common.backend import Backend, InvalidInput
 from riveg.common.config import Settings
 from riveg.common.logging import get_logger
 from riveg.common.storage import ObjectNotFound
-from riveg.modelstore.manager import ModelManager
+from riveg.modelstore.manager import ModelManager, warm
 from riveg.v1 import common_pb2, common_pb2_grpc
 
 JOB_ID_KEY = "x-job-id"
@@ -192,9 +192,9 @@ class StageServer:
         return self.port
 
     def load_model(self) -> None:
-        """Load the backend's model and mark the server SERVING."""
+        """Load and warm the backend's model and mark the server SERVING."""
         started = time.perf_counter()
-        self.spec.backend.load()
+        warm(self.spec.backend)
         self._set_status(health_pb2.HealthCheckResponse.SERVING)
         log.info(
             "model ready",
