@@ -243,3 +243,21 @@ def test_word_encoder_collate_pads(encoder_dir: Path) -> None:
     batch = encoder.collate([encoder.encode(["ted"]), encoder.encode(["ted", "cruz", "!"])])
     assert batch["word_mask"].tolist() == [[True, False, False], [True, True, True]]
     assert batch["attention_mask"].sum().item() == 3 + 5
+
+
+def test_shipped_default_weights() -> None:
+    """The committed default model: fp16, under 50 MB, loads offline and finds the obvious."""
+    from riveg.mner.evaluate import tag_words
+    from riveg.mner.model import default_model_dir
+
+    folder = default_model_dir()
+    if not (folder / "model.safetensors").is_file():
+        pytest.skip(f"no shipped weights at {folder}")
+    total = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+    assert total < 50 * 1024 * 1024
+    tagger, encoder = load_tagger(folder)
+    assert tagger.config.labels == list(LABELS)
+    words = ["Barack", "Obama", "visits", "Paris"]
+    knowledge = [None, ["Barack", "Obama", "(person)"]]
+    for tags, _ in tag_words(tagger, encoder, [words, words], knowledge):
+        assert tags == ["B-PER", "I-PER", "O", "B-LOC"]
