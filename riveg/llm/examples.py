@@ -32,21 +32,11 @@ class ExamplePool:
         self._lock = threading.Lock()
 
     def selector(self):  # type: ignore[no-untyped-def]
-        """The MSEA selector (FileNotFoundError when the annotations are absent)."""
+        """The MSEA selector (FileNotFoundError when the annotations are absent); one per
+        process and pool, shared by every backend."""
         with self._lock:
             if self._selector is None:
-                from riveg.mner.msea import ExampleSelector
-
-                try:
-                    self._selector = ExampleSelector.from_datasets(
-                        self.datasets, cache_dir=self.cache_dir
-                    )
-                except (OSError, ValueError) as exc:
-                    raise FileNotFoundError(
-                        f"cannot build the MSEA example pool from {', '.join(self.datasets)}: "
-                        f"{exc} (set RIVEG_DATASETS to the datasets folder)"
-                    ) from exc
-                log.info("MSEA pool ready", examples=len(self._selector.examples))
+                self._selector = _shared_selector(self.datasets, self.cache_dir)
             return self._selector
 
     def select(self, text: str, image_description: str, n: int) -> list[PromptExample]:
@@ -58,3 +48,25 @@ class ExamplePool:
             PromptExample(e.text, e.caption or "not described", e.annotation.strip())
             for e in chosen
         ]
+
+
+_selectors: dict[tuple[tuple[str, ...], Path | None], object] = {}
+_selectors_lock = threading.Lock()
+
+
+def _shared_selector(datasets: tuple[str, ...], cache_dir: Path | None):  # type: ignore[no-untyped-def]
+    from riveg.mner.msea import ExampleSelector
+
+    key = (datasets, cache_dir)
+    with _selectors_lock:
+        if key not in _selectors:
+            try:
+                selector = ExampleSelector.from_datasets(datasets, cache_dir=cache_dir)
+            except (OSError, ValueError) as exc:
+                raise FileNotFoundError(
+                    f"cannot build the MSEA example pool from {', '.join(datasets)}: {exc} "
+                    "(set RIVEG_DATASETS to the datasets folder)"
+                ) from exc
+            log.info("MSEA pool ready", examples=len(selector.examples))
+            _selectors[key] = selector
+        return _selectors[key]
