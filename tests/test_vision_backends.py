@@ -44,15 +44,12 @@ def _count_forwards(module) -> list[int]:
     return calls
 
 
-def _force(outputs, query: int, box: list[float], token_logits: bool = False) -> None:
+def _force(outputs, query: int, box: list[float]) -> None:
     """Make ``query`` the best detection for every phrase, with a known normalised box."""
     import torch
 
     outputs.logits.fill_(-10.0)
-    if token_logits:
-        outputs.logits[0, query, :] = 10.0
-    else:
-        outputs.logits[0, query, :] = 10.0
+    outputs.logits[0, query, :] = 10.0  # OWL: [patches, queries]; DINO: [queries, tokens]
     outputs.pred_boxes[0, query] = torch.tensor(box)
 
 
@@ -89,9 +86,7 @@ def test_grounding_dino_scores_each_phrase_and_maps_boxes(tmp_path: Path) -> Non
     calls = _count_forwards(backend.net)
     results = backend.ground(IMAGE, ENTITIES)
     assert len(results) == 3 and calls == [1]
-    backend.net.register_forward_hook(
-        lambda _m, _a, out: _force(out, 5, [0.5, 0.25, 0.2, 0.1], token_logits=True)
-    )
+    backend.net.register_forward_hook(lambda _m, _a, out: _force(out, 5, [0.5, 0.25, 0.2, 0.1]))
     for box, score in backend.ground(IMAGE, ENTITIES):
         assert box == pytest.approx([80.0, 20.0, 120.0, 30.0]) and score > 0.99
 
