@@ -78,6 +78,7 @@ def latency(repeats: int) -> dict[str, dict]:
         ("ve", "groundability", VE_BACKENDS),
         ("vg", "person", VG_BACKENDS),
         ("seg", "grabcut", SEG_BACKENDS),
+        ("seg", "selfie", SEG_BACKENDS),
     ]
     for stage, key, registry in backends:
         backend = registry.create(key, settings)

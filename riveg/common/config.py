@@ -65,7 +65,9 @@ class Settings(BaseSettings):
     mner_backend: str = Field("spacy", description="MNER backend: spacy")
     ve_backend: str = Field("person", description="VE backend: person, groundability, clip")
     vg_backend: str = Field("person", description="VG backend: person, owl, grounding-dino")
-    seg_backend: str = Field("grabcut", description="SEG backend: grabcut, sam, segment-anything")
+    seg_backend: str = Field(
+        "grabcut", description="SEG backend: grabcut, selfie, sam, segment-anything"
+    )
     grpc_port: int | None = Field(None, description="server port override (default: the addr's)")
     grpc_workers: int = Field(4, description="threads serving RPCs per server")
     grpc_max_message_mb: int = Field(32, description="largest gRPC message, both directions")
