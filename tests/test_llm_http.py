@@ -302,3 +302,34 @@ def test_cli_expand_prints_the_referring_expression_or_fails_clearly(fake, tmp_p
     done = _riveg(fake, tmp_path, "knowledge", "--text", "Another post", "--backend", "openai")
     assert done.returncode != 0 and done.stdout == ""
     assert "the LLM backend failed" in done.stderr and "HTTP 500" in done.stderr
+
+
+def test_pipeline_knowledge_step_describes_the_image_then_asks_for_knowledge(fake, llm_server):
+    from riveg.orchestration import runtime as runtime_module
+    from riveg.orchestration import tasks
+    from riveg.orchestration.runtime import Runtime
+    from riveg.sample import SAMPLE_IMAGE
+
+    client, store = llm_server
+    key = store.put_bytes("images/post", SAMPLE_IMAGE.read_bytes())
+
+    def reply(path: str, body: dict, n: int):
+        if "image_url" in json.dumps(body):
+            return 200, {}, _completion(path, "An astronaut in an orange suit.")
+        return 200, {}, _completion(path, "Named entities: 1. NASA (organization)")
+
+    fake.behaviour = reply
+    previous = runtime_module._runtime
+    runtime_module.set_runtime(Runtime(client.settings, store, {"llm": client.addr}))
+    try:
+        state = {"id": "p", "job_id": "j", "text": "Eileen Collins at NASA",
+                 "image": {"key": key, "width": 1, "height": 1}}  # fmt: skip
+        tasks.knowledge(state)
+    finally:
+        runtime_module.set_runtime(previous)
+    assert state["image_description"] == "An astronaut in an orange suit."
+    assert state["knowledge"] == "Named entities: 1. NASA (organization)"
+    prompt = fake.requests[-1][1]["prompt"]
+    assert prompt.endswith("Text: Eileen Collins at NASA\nImage: An astronaut in an orange suit.\n"
+                           "Question: Which named entities does the text mention, and what are "
+                           "they?\nAnswer:")  # fmt: skip
