@@ -157,3 +157,30 @@ def test_hot_swap_under_streaming_calls_fails_no_call(tmp_path: Path, tiny_owl, 
         stop.set()
         client.close()
         server.stop(grace=1.0)
+
+
+def test_publish_and_list_from_the_command_line(tmp_path: Path, tiny_owl: Path) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "RIVEG_MODEL_STORE_PATH": str(tmp_path / "models")}
+    command = [sys.executable, "-m", "riveg.modelstore"]
+    done = subprocess.run(
+        [*command, "publish", "vg", "owlv2@3", str(tiny_owl), "--backend", "owl", "--json"],
+        capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1])["key"] == "vg/owlv2/3"
+    listed = subprocess.run(
+        [*command, "list", "vg", "--json"], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert json.loads(listed.stdout.splitlines()[-1])["models"] == [
+        {"model": "owlv2@3", "backend": "owl"}
+    ]
+    bad = subprocess.run(
+        [*command, "publish", "vg", "owlv2", str(tiny_owl), "--backend", "owl"],
+        capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
+    assert bad.returncode != 0 and "name@version" in bad.stderr
