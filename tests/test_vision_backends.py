@@ -145,3 +145,23 @@ def test_backends_without_weights_say_what_to_set() -> None:
     backend = VG_BACKENDS.create("owl", load_settings())
     with pytest.raises(ValueError, match="RIVEG_<STAGE>_MODEL=name@version"):
         backend.load()
+
+
+def test_itm_head_matches_every_expression_against_one_image_encoding(tmp_path: Path) -> None:
+    import torch
+
+    from riveg.ve.groundability import minilm_path
+    from services.ve.backends import VE_BACKENDS
+
+    folder = tiny.save_tiny_blip_itm(tmp_path / "m", minilm_path())
+    backend = _served(tmp_path, "ve", VE_BACKENDS, folder, "itm")
+    encodings = _count_forwards(backend.net.vision_model)
+    results = backend.entail(IMAGE, ENTITIES)
+    assert encodings == [1] and len(results) == 3
+    texts = ["Eileen Collins an astronaut", "NASA", "Houston a city"]
+    inputs = backend.processor(images=[IMAGE] * 3, text=texts, return_tensors="pt", padding=True)
+    with torch.inference_mode():
+        reference = backend.net(**inputs, use_itm_head=True).itm_score.softmax(-1)[:, 1]
+    for (groundable, score), expected in zip(results, reference.tolist(), strict=True):
+        assert score == pytest.approx(expected, abs=1e-4)
+        assert groundable == (score >= backend.threshold)

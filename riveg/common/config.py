@@ -63,7 +63,7 @@ class Settings(BaseSettings):
     seg_addr: str = Field(f"127.0.0.1:{DEFAULT_PORTS['seg']}", description="SEG server host:port")
     llm_backend: str = Field("gemma", description="LLM backend: gemma, openai, replay")
     mner_backend: str = Field("spacy", description="MNER backend: spacy")
-    ve_backend: str = Field("person", description="VE backend: person, groundability, clip")
+    ve_backend: str = Field("person", description="VE backend: person, groundability, clip, itm")
     vg_backend: str = Field("person", description="VG backend: person, owl, grounding-dino")
     seg_backend: str = Field(
         "grabcut", description="SEG backend: grabcut, selfie, sam, segment-anything"

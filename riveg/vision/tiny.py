@@ -189,3 +189,26 @@ def save_tiny_sam(folder: Path) -> Path:
     )
     SamProcessor(image_processor=images).save_pretrained(folder)
     return _manifest(folder, "sam")
+
+
+def save_tiny_blip_itm(folder: Path, bert_vocab: Path) -> Path:
+    """BLIP image-text matching (BlipForImageTextRetrieval, ITM head; 64 px, BERT vocabulary of
+    ``bert_vocab``) + processor for the ``itm`` VE backend."""
+    from transformers import (
+        AutoTokenizer,
+        BlipConfig,
+        BlipForImageTextRetrieval,
+        BlipImageProcessor,
+        BlipProcessor,
+    )
+
+    tokenizer = AutoTokenizer.from_pretrained(str(bert_vocab), local_files_only=True)
+    text = {**_text_config(tokenizer.vocab_size), "encoder_hidden_size": 32}
+    text["bos_token_id"] = tokenizer.cls_token_id
+    text["eos_token_id"] = text["sep_token_id"] = tokenizer.sep_token_id
+    text["pad_token_id"] = tokenizer.pad_token_id
+    config = BlipConfig(text_config=text, vision_config=_vision_config(64, 16), projection_dim=16)
+    BlipForImageTextRetrieval(config).eval().save_pretrained(folder)
+    images = BlipImageProcessor(size={"height": 64, "width": 64})
+    BlipProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(folder)
+    return _manifest(folder, "itm")

@@ -165,6 +165,60 @@ class ClipVeBackend(VeBackend):
         ]
 
 
+@VE_BACKENDS.register("itm")
+class ItmVeBackend(VeBackend):
+    """Image-text matching head (``transformers`` BlipForImageTextRetrieval, ALBEF-style ITM:
+    a text encoder cross-attending to the image, then match / no match) from the model store.
+
+    The image is encoded once per call; every expression of the batch is matched against it in
+    one text-encoder pass. Score = P(match); groundable when it reaches ``threshold``
+    (``riveg-ve.json``, default 0.5).
+    """
+
+    name = "itm"
+    version = "1"
+
+    def _load(self) -> None:
+        from transformers import BlipForImageTextRetrieval, BlipProcessor
+
+        torch_threads(self.settings)
+        folder = model_folder(self)
+        self.threshold = float(model_options(folder, "riveg-ve.json").get("threshold", 0.5))
+        self.processor = BlipProcessor.from_pretrained(folder, local_files_only=True)
+        self.net = BlipForImageTextRetrieval.from_pretrained(folder, local_files_only=True).eval()
+        self.max_text = self.net.config.text_config.max_position_embeddings
+
+    def match_probabilities(self, image: np.ndarray, entities: list[dict[str, Any]]) -> np.ndarray:
+        """P(the expression matches the image) per entity."""
+        import torch
+
+        pixels = self.processor(images=image, return_tensors="pt")["pixel_values"]
+        text = self.processor.tokenizer(
+            [query_text(e) for e in entities],
+            padding=True,
+            truncation=True,
+            max_length=self.max_text,
+            return_tensors="pt",
+        )
+        with torch.inference_mode():
+            image_embeds = self.net.vision_model(pixel_values=pixels).last_hidden_state
+            image_embeds = image_embeds.expand(len(entities), -1, -1)
+            hidden = self.net.text_encoder(
+                input_ids=text["input_ids"],
+                attention_mask=text["attention_mask"],
+                encoder_hidden_states=image_embeds,
+                encoder_attention_mask=torch.ones(image_embeds.shape[:2], dtype=torch.long),
+            ).last_hidden_state
+            logits = self.net.itm_head(hidden[:, 0, :])
+        return logits.softmax(dim=-1)[:, 1].numpy()
+
+    def entail(self, image: np.ndarray, entities: list[dict[str, Any]]) -> list[tuple[bool, float]]:
+        if not entities:
+            return []
+        probability = self.match_probabilities(image, entities)
+        return [(bool(p >= self.threshold), round(float(p), 6)) for p in probability]
+
+
 def calibrate_threshold(similarities: np.ndarray, labels: np.ndarray) -> float:
     """The similarity threshold with the best accuracy on labelled pairs (for riveg-ve.json)."""
     values = np.unique(np.asarray(similarities, np.float64))
