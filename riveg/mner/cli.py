@@ -237,5 +237,48 @@ def eval_command(
         click.echo(json.dumps(payload))
 
 
+@mner_group.command("examples")
+@click.option("--text", required=True, help="the post text")
+@click.option("--caption", default="", help="the image description")
+@click.option("-n", "count", default=5, show_default=True, help="how many examples")
+@click.option(
+    "--dataset",
+    "datasets",
+    multiple=True,
+    default=("twitter2017", "twitter2015"),
+    show_default=True,
+    help="annotated pools to draw from",
+)
+@click.option("--json", "as_json", is_flag=True)
+def examples_command(
+    text: str, caption: str, count: int, datasets: tuple[str, ...], as_json: bool
+) -> None:
+    """MSEA: the hand-annotated in-context examples most similar to a post."""
+    from riveg.common.config import get_settings
+    from riveg.mner.msea import ExampleSelector
+
+    _quiet_transformers()
+    if count < 1:
+        raise click.BadParameter("must be at least 1", param_hint="-n")
+    try:
+        selector = ExampleSelector.from_datasets(datasets, cache_dir=get_settings().cache_dir)
+    except (ValueError, FileNotFoundError) as err:
+        raise click.ClickException(str(err)) from err
+    picked = selector.scored(text, caption or None, count)
+    rows = [
+        {
+            "id": selector.examples[i].id,
+            "similarity": round(score, 4),
+            "text": selector.examples[i].text,
+            "entities": selector.examples[i].entities,
+        }
+        for i, score in picked
+    ]
+    for row in rows:
+        click.echo(f"{row['similarity']:.3f}  {row['id']}  {row['text']}")
+    if as_json:
+        click.echo(json.dumps(rows))
+
+
 if __name__ == "__main__":
     mner_group()
