@@ -1,6 +1,7 @@
 """LLM stage measurements on Twitter-GMNER dev (results in benchmarks/results/llm_*.json).
 
-    nice -n 10 python benchmarks/llm_benchmark.py --posts 100 --expand-posts 10 --budget-s 3000
+    RIVEG_TORCH_THREADS=1 nice -n 10 python benchmarks/llm_benchmark.py --posts 100 \
+        --expand-posts 30 --budget-s 3000
 
 1. replay hit rate: every dev post's text looked up in the released ChatGPT knowledge;
 2. local backend speed (Gemma-3-270M, cache off): latency and tokens/s per knowledge paragraph
@@ -77,6 +78,7 @@ def main() -> None:
     parser.add_argument("--posts", type=int, default=100, help="dev posts for knowledge + F1")
     parser.add_argument("--expand-posts", type=int, default=10, help="dev posts for expansions")
     parser.add_argument("--budget-s", type=float, default=3000, help="time for knowledge")
+    parser.add_argument("--f1-posts", type=int, default=1500, help="dev posts for replay/none F1")
     parser.add_argument("--work", type=Path, default=Path("/tmp/riveg-llm-bench"))
     parser.add_argument("--out", type=Path, default=RESULTS / "llm_twitter_gmner_dev.json")
     args = parser.parse_args()
@@ -107,6 +109,7 @@ def main() -> None:
 
     # 2. Gemma speed, cache off
     settings = load_settings(llm_cache=False)
+    report["torch_threads"] = settings.torch_threads or "torch default"
     gemma = create_backend("gemma", settings)
     started = time.perf_counter()
     gemma.load()
@@ -174,9 +177,10 @@ def main() -> None:
     print(json.dumps(report["gemma_knowledge"]), file=sys.stderr)
 
     # 3. MNER dev F1: on the posts that got Gemma knowledge, and on all --posts posts
-    replayed = {p.id: index.lookup(p.text) for p in posts if p.text in index}
+    replayed = {p.id: index.lookup(p.text) for p in dev if p.text in index}
     report["mner_f1"] = {"model": "services/mner/weights (the shipped crf model)"}
-    subsets = {"gemma_posts": [p for p in posts if p.id in knowledge], "all_posts": posts}
+    subsets = {"gemma_posts": [p for p in posts if p.id in knowledge]}
+    subsets["all_dev_posts"] = dev[: args.f1_posts]
     for name, subset in subsets.items():
         data = args.work / f"dev_{name}.txt"
         write_conll(subset, data)
