@@ -96,6 +96,9 @@ def run(args: argparse.Namespace) -> Path:
         "encoder": tagger.get("encoder_name"),
         "config": {k: tagger[k] for k in ("max_length", "knowledge_max", "case", "dropout")},
         "train": tagger.get("extra", {}).get("train"),
+        # continued training (--init-model): the earlier run's options and dev scores
+        "init_train": tagger.get("extra", {}).get("init_train"),
+        "init_dev": tagger.get("extra", {}).get("init_dev"),
         "history": history,
         "dev_without_knowledge": evaluate(model, args.dataset, False, args.threads),
         "paper_test_f1": dict(zip(("text", "knowledge"), PAPER[args.dataset], strict=True)),
@@ -204,6 +207,8 @@ def table() -> str:
         with_text = f"{with_k * 100:.2f}" if with_k is not None else "-"
         text_p, know_p = PAPER[r["dataset"]]
         epochs = len(r.get("history") or []) or "-"
+        if r.get("init_train"):
+            epochs = f"{r['init_train']['epochs']} text + {epochs}"
         mode = "knowledge (dropout)" if r["mode"] == "knowledge" else "text only"
         if r.get("tag"):
             mode += f" [{r['tag']}, case={r['config']['case']}]"
