@@ -92,3 +92,14 @@ def test_router_hosts_one_backend_per_name_and_job(tmp_path: Path) -> None:
     assert router.for_job("expand").cache is not None
     same = LlmRouter(load_settings(llm_backend="openai", llm_api_model="m"))
     assert same.for_job("knowledge") is same.for_job("expand") and same.backend_name == "openai"
+
+
+def test_without_annotations_the_knowledge_prompt_is_the_fixed_one_shot(tmp_path, monkeypatch):
+    monkeypatch.setenv("RIVEG_DATASETS", str(tmp_path / "no-datasets"))
+    backend = create_backend("openai", load_settings(llm_api_model="m"))
+    prompt = backend.knowledge_prompt("NASA launches a rocket", "")
+    assert prompt.count("\nQuestion: Which named entities") == 2  # the fixed example + the post
+    assert "Kevin Durant enters Oracle Arena" in prompt
+    assert prompt.endswith("Text: NASA launches a rocket\nImage: not described\n"
+                           "Question: Which named entities does the text mention, and what are "
+                           "they?\nAnswer:")  # fmt: skip

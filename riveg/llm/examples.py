@@ -50,14 +50,15 @@ class ExamplePool:
         ]
 
 
-_selectors: dict[tuple[tuple[str, ...], Path | None], object] = {}
+_selectors: dict[tuple[tuple[str, ...], Path | None, Path], object] = {}
 _selectors_lock = threading.Lock()
 
 
 def _shared_selector(datasets: tuple[str, ...], cache_dir: Path | None):  # type: ignore[no-untyped-def]
+    from riveg.data.conll import shared_datasets_dir
     from riveg.mner.msea import ExampleSelector
 
-    key = (datasets, cache_dir)
+    key = (datasets, cache_dir, shared_datasets_dir())
     with _selectors_lock:
         if key not in _selectors:
             try:
