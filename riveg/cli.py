@@ -22,11 +22,12 @@ def main() -> None:
 # Commands of other modules are registered here.
 from riveg.evaluation.cli import eval_group  # noqa: E402
 from riveg.llm.cli import llm_group  # noqa: E402
+from riveg.mner.cli import mner_group  # noqa: E402
 from riveg.orchestration.commands import analyze, batch, serve, worker  # noqa: E402
 from riveg.orchestration.launcher import up  # noqa: E402
 from riveg.ve.cli import ve_group  # noqa: E402
 
-for command in (analyze, batch, serve, worker, up, eval_group, llm_group, ve_group):
+for command in (analyze, batch, serve, worker, up, eval_group, llm_group, mner_group, ve_group):
     main.add_command(command)
 
 

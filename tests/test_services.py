@@ -70,7 +70,17 @@ def test_mner_finds_typed_entities_with_offsets(cluster) -> None:
     for entity in reply.entities:
         assert SAMPLE_TEXT[entity.start : entity.end] == entity.text
         assert entity.type in ("PER", "LOC", "ORG", "MISC")
-    assert reply.model.startswith("spacy")
+    assert reply.model.startswith("crf")  # the shipped encoder + CRF tagger is the default
+
+
+def test_spacy_mner_backend_stays_available(embedded_settings) -> None:
+    from services.mner.backends import MNER_BACKENDS
+
+    backend = MNER_BACKENDS.create("spacy", embedded_settings)
+    backend.load()
+    (entities,) = backend.recognize([SAMPLE_TEXT])
+    assert ("NASA", "ORG") in {(e["text"], e["type"]) for e in entities}
+    assert backend.model.startswith("spacy")
 
 
 def test_mner_refuses_empty_text(cluster) -> None:

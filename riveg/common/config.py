@@ -62,7 +62,9 @@ class Settings(BaseSettings):
     vg_addr: str = Field(f"127.0.0.1:{DEFAULT_PORTS['vg']}", description="VG server host:port")
     seg_addr: str = Field(f"127.0.0.1:{DEFAULT_PORTS['seg']}", description="SEG server host:port")
     llm_backend: str = Field("gemma", description="LLM backend: gemma, openai, replay")
-    mner_backend: str = Field("spacy", description="MNER backend: spacy")
+    mner_backend: str = Field(
+        "crf", description="MNER backend: crf (shipped encoder + CRF tagger) or spacy"
+    )
     ve_backend: str = Field("person", description="VE backend: person, groundability, clip, itm")
     vg_backend: str = Field("person", description="VG backend: person, owl, grounding-dino")
     seg_backend: str = Field(

@@ -71,3 +71,7 @@ class SpacyMnerBackend(MnerBackend):
                 )
             results.append(entities)
         return results
+
+
+# The trained encoder + CRF tagger (riveg.mner) registers itself as "crf".
+from services.mner import crf  # noqa: E402, F401
