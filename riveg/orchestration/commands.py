@@ -21,6 +21,9 @@ log = get_logger("riveg.cli")
 config_option = click.option(
     "--config", "config_file", type=click.Path(dir_okay=False), help="TOML settings file."
 )
+knowledge_option = click.option(
+    "--knowledge/--no-knowledge", default=None, help="Run the LLM knowledge step."
+)
 broker_option = click.option(
     "--broker",
     "broker_url",
@@ -87,7 +90,7 @@ def write_overlay(result: dict[str, Any], image_bytes: bytes, out_dir: Path) -> 
 @click.option("--image", "image_path", required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--id", "post_id", help="Post id (default: a new job id).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Write JSON + overlay.")
-@click.option("--knowledge/--no-knowledge", default=None, help="Run the LLM knowledge step.")
+@knowledge_option
 @click.option("--timeout", default=600.0, show_default=True, help="Seconds to wait (broker).")
 @click.option("--json", "as_json", is_flag=True, help="One-line JSON result.")
 @broker_option
@@ -178,7 +181,7 @@ def _done_ids(out_path: Path) -> set[str]:
     help="Result JSONL (appended; finished posts are skipped on a re-run).",
 )
 @click.option("--window", default=16, show_default=True, help="Posts in flight (broker mode).")
-@click.option("--knowledge/--no-knowledge", default=None, help="Run the LLM knowledge step.")
+@knowledge_option
 @click.option("--timeout", default=600.0, show_default=True, help="Seconds to wait for a post.")
 @click.option("--json", "as_json", is_flag=True, help="Summary as one JSON line.")
 @broker_option
