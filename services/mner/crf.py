@@ -9,7 +9,6 @@ returned as character spans of the raw text. The model folder is ``RIVEG_MNER_MO
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +20,12 @@ def model_dir_for(settings: Any) -> Path:
     """The model folder this backend loads."""
     from riveg.mner.model import default_model_dir
 
-    chosen = getattr(settings, "mner_model", None) or os.environ.get("RIVEG_MNER_MODEL")
-    return Path(chosen) if chosen else default_model_dir()
+    return Path(settings.mner_model) if settings.mner_model else default_model_dir()
 
 
 def quantize_for(settings: Any) -> bool:
     """Whether to run the encoder in dynamic int8 (``RIVEG_MNER_QUANTIZE=1``)."""
-    chosen = getattr(settings, "mner_quantize", None)
-    if chosen is None:
-        chosen = os.environ.get("RIVEG_MNER_QUANTIZE", "0").lower() in ("1", "true", "yes")
-    return bool(chosen)
+    return bool(settings.mner_quantize)
 
 
 @MNER_BACKENDS.register("crf")
