@@ -255,7 +255,7 @@ def _run_batch(
             for index, (post_id, submission, since) in enumerate(in_flight):
                 if submission.result.ready() or time.monotonic() - since > timeout:
                     in_flight.pop(index)
-                    record(_outcome(post_id, submission, timeout))
+                    record(_outcome(post_id, submission))
                     break
             else:
                 if not block and len(in_flight) < window:
@@ -277,9 +277,10 @@ def _run_batch(
     collect(block=True)
 
 
-def _outcome(post_id: str, submission: Any, timeout: float) -> dict[str, Any]:
+def _outcome(post_id: str, submission: Any) -> dict[str, Any]:
+    """The finished (or timed-out) post's result, or its error record."""
     try:
-        return submission.get(timeout=1.0 if timeout else None)
+        return submission.get(timeout=1.0)  # ready, or past --timeout: then it fails at once
     except Exception as exc:
         return {"id": post_id, "error": f"{type(exc).__name__}: {exc}"}
 
