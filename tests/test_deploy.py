@@ -32,6 +32,7 @@ OVERLAYS = ("dev", "gpu")
 SCALED = (*STAGES, "pipeline")  # Deployments driven by an autoscaler, named riveg-<x>
 K8S_VERSIONS = ("1.29.0", "1.33.0")  # oldest with native sidecars on by default; a recent one
 SECRETS = {"riveg-broker", "riveg-store"}
+OPTIONAL_SECRETS = {"riveg-llm"}  # referenced with optional: true
 INSTALL_HINT = "run `bash .ci/deploy-tools.sh`"
 
 Obj = dict[str, Any]
@@ -200,12 +201,14 @@ def test_keda_validation_is_strict() -> None:
 
 
 def test_references_resolve(objs: list[Obj]) -> None:
-    """ConfigMaps (hash-suffixed) exist; Secrets are only the two the operator creates."""
+    """ConfigMaps (hash-suffixed) exist; Secrets are the two the operator creates (+ optional)."""
     for workload in _find(objs, "Deployment") + _find(objs, "StatefulSet"):
         for container in _containers(_pod_spec(workload)):
             for ref in container.get("envFrom", []):
                 if "configMapRef" in ref:
                     _one(objs, "ConfigMap", ref["configMapRef"]["name"])
+                elif ref["secretRef"]["name"] in OPTIONAL_SECRETS:
+                    assert ref["secretRef"].get("optional") is True
                 else:
                     assert ref["secretRef"]["name"] in SECRETS
             for value in _env(container).values():

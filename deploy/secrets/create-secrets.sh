@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create the Secrets riveg-broker and riveg-store that the manifests reference by name.
+# Create the Secrets riveg-broker and riveg-store that the manifests reference by name, and
+# riveg-llm (RIVEG_LLM_API_KEY for the openai LLM backend) when deploy/secrets/riveg-llm.env exists.
 #
 #   deploy/secrets/create-secrets.sh [NAMESPACE]     (default: riveg; dev overlay: riveg-dev)
 #
@@ -47,3 +48,10 @@ if [[ ! -f "$store" ]]; then
     } >"$store"
 fi
 create riveg-store "$store"
+
+llm="$here/riveg-llm.env"
+if [[ -f "$llm" ]]; then
+    create riveg-llm "$llm"
+else
+    echo "no $llm: secret riveg-llm not created (only the openai LLM backend needs it)"
+fi
