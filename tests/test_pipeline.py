@@ -150,3 +150,39 @@ def _env() -> dict[str, str]:
     import os
 
     return {k: v for k, v in os.environ.items() if not k.startswith("RIVEG_")}
+
+
+def test_image_id_reaches_the_describe_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A post submitted with a benchmark image id asks Describe for that id's caption."""
+    from types import SimpleNamespace
+
+    from riveg.orchestration import pipeline, tasks
+    from riveg.v1 import llm_pb2
+
+    calls: list[tuple[str, object]] = []
+
+    class FakeLlm:
+        def call(self, method: str, request: object, job_id: str) -> object:
+            calls.append((method, request))
+            if method == "Describe":
+                return llm_pb2.DescribeResponse(description="a caption", source="captions")
+            return llm_pb2.KnowledgeResponse(knowledge="some knowledge", model="fake@1")
+
+    runtime = SimpleNamespace(client=lambda stage: FakeLlm())
+    state: dict = {}
+    monkeypatch.setattr(pipeline, "build_chain", lambda s, knowledge: state.update(s) or _Done())
+    store = SimpleNamespace(put_bytes=lambda key, data: key)
+    settings = SimpleNamespace(knowledge=True, embedded=True)
+    pipeline.submit_post(SimpleNamespace(store=store, settings=settings), "Obama", b"x", "p",
+                         image_id="16_05_01_6")  # fmt: skip
+    assert state["image_id"] == "16_05_01_6"
+    tasks.knowledge.run.__wrapped__(state, runtime)
+    describe = calls[0][1]
+    assert calls[0][0] == "Describe" and describe.image_id == "16_05_01_6"
+    assert calls[1][1].image_description == "a caption"
+    assert state["knowledge"] == "some knowledge"
+
+
+class _Done:
+    def apply(self) -> dict:
+        return {}

@@ -89,6 +89,9 @@ def write_overlay(result: dict[str, Any], image_bytes: bytes, out_dir: Path) -> 
 @click.option("--text", required=True, help="The post's text.")
 @click.option("--image", "image_path", required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--id", "post_id", help="Post id (default: a new job id).")
+@click.option(
+    "--image-id", help="Benchmark image id: the knowledge step uses its released caption."
+)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Write JSON + overlay.")
 @knowledge_option
 @click.option("--timeout", default=600.0, show_default=True, help="Seconds to wait (broker).")
@@ -99,6 +102,7 @@ def analyze(
     text: str,
     image_path: str,
     post_id: str | None,
+    image_id: str | None,
     out_dir: str | None,
     knowledge: bool | None,
     timeout: float,
@@ -116,7 +120,8 @@ def analyze(
     started = time.perf_counter()
     with pipeline_runtime(settings) as runtime:
         try:
-            result = submit_post(runtime, text, image_bytes, post_id, knowledge).get(timeout)
+            submission = submit_post(runtime, text, image_bytes, post_id, knowledge, image_id)
+            result = submission.get(timeout)
         except (PostError, InvalidInput) as exc:
             raise click.ClickException(str(exc)) from exc
     log.info("analyzed", wall_s=round(time.perf_counter() - started, 2))
@@ -197,8 +202,9 @@ def batch(
     broker_url: str | None,
     config_file: str | None,
 ) -> None:
-    """Analyze every post of INPUT_PATH (JSONL: {"id", "text", "image"}), resuming where it
-    stopped. A post that fails gets {"id", "error"} in OUT; the others go on."""
+    """Analyze every post of INPUT_PATH (JSONL: {"id", "text", "image"}, optionally "image_id"
+    for a released caption), resuming where it stopped. A post that fails gets {"id", "error"}
+    in OUT; the others go on."""
     from tqdm import tqdm
 
     settings = cli_settings(config_file, broker_url=broker_url)
@@ -268,7 +274,9 @@ def _run_batch(
             continue
         try:
             image_bytes = (images_dir / str(post.get("image", ""))).read_bytes()
-            submission = submit_post(runtime, post["text"], image_bytes, post["id"], knowledge)
+            submission = submit_post(
+                runtime, post["text"], image_bytes, post["id"], knowledge, post.get("image_id")
+            )
         except Exception as exc:  # a bad post must not stop the batch
             record({"id": post["id"], "error": f"{type(exc).__name__}: {exc}"})
             continue

@@ -41,8 +41,12 @@ def submit_post(
     image_bytes: bytes,
     post_id: str | None = None,
     knowledge: bool | None = None,
+    image_id: str | None = None,
 ) -> Submission:
     """Upload the image to the object store and start the post's chain.
+
+    ``image_id`` names the image in a benchmark (e.g. ``17_06_1234``): the knowledge step then
+    uses its released caption when the LLM service has one.
 
     In embedded mode (eager Celery) the chain has run when this returns; in distributed mode it
     is enqueued on the broker. Empty text is refused here, before anything is stored.
@@ -60,6 +64,8 @@ def submit_post(
         "models": {},
         "timings_ms": {},
     }
+    if image_id:
+        state["image_id"] = image_id
     use_knowledge = runtime.settings.knowledge if knowledge is None else knowledge
     workflow = build_chain(state, knowledge=use_knowledge)
     if runtime.settings.embedded:
