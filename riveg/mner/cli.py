@@ -82,6 +82,12 @@ def mner_group() -> None:
     help="how the uncased encoder gets casing back",
 )
 @click.option(
+    "--hints/--no-hints",
+    default=False,
+    show_default=True,
+    help="embed what the knowledge's entity list says of each post word",
+)
+@click.option(
     "--select",
     type=click.Choice(["with", "without", "mean"]),
     default="mean",
@@ -123,7 +129,10 @@ def train_command(**kw: Any) -> None:
         train_posts = load_posts(train_file, train_k)
         dev_posts = load_posts(dev_file, dev_k)
         config = TaggerConfig(
-            max_length=kw["max_length"], knowledge_max=kw["knowledge_max"], case=kw["case"]
+            max_length=kw["max_length"],
+            knowledge_max=kw["knowledge_max"],
+            case=kw["case"],
+            hints=kw["hints"],
         )
         options = TrainOptions(
             epochs=kw["epochs"],

@@ -4,6 +4,8 @@ Each word is represented by its first subword; the CRF runs over the post's word
 the knowledge shapes the post's representation but is never labelled. The uncased encoder
 gets casing back through a per-word case-shape embedding added to its input embeddings
 (``case="input"``), concatenated to the emission features (``case="head"``) or not at all.
+With ``hints`` each post word's input also gets an embedding of what the knowledge's entity
+list says of it (:mod:`riveg.mner.hints`).
 
 A saved model is one folder: the encoder's ``config.json``, the tokenizer files,
 ``tagger.json`` (this module's settings) and ``model.safetensors`` (all weights, fp16 or fp32).
@@ -22,6 +24,7 @@ from torch import nn
 from torchcrf import CRF
 
 from riveg.mner.data import CASE_SHAPES, LABELS, case_shape
+from riveg.mner.hints import HINTS, word_hints
 
 TAGGER_FILE = "tagger.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -49,6 +52,7 @@ class TaggerConfig:
     case: str = "input"
     case_dim: int = 16
     dropout: float = 0.1
+    hints: bool = False  # knowledge-list hint embedding on the post's words
     encoder_name: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -64,10 +68,13 @@ class WordEncoder:
     space, ...) becomes the unknown token so words and labels never shift.
     """
 
-    def __init__(self, tokenizer: Any, max_length: int, knowledge_max: int) -> None:
+    def __init__(
+        self, tokenizer: Any, max_length: int, knowledge_max: int, hints: bool = False
+    ) -> None:
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.knowledge_max = knowledge_max
+        self.hints = hints
         self.cls = tokenizer.cls_token_id
         self.sep = tokenizer.sep_token_id
         self.unk = tokenizer.unk_token_id
@@ -84,17 +91,21 @@ class WordEncoder:
         return [self._cache[w] for w in words]
 
     def encode(self, words: list[str], knowledge: list[str] | None = None) -> dict[str, Any]:
-        """One sequence: ids, token types, case ids, first-subword index of each kept word."""
+        """One sequence: ids, token types, case ids, hint ids (with ``hints``), first-subword
+        index of each kept word."""
         budget = self.max_length - 2 - (1 if knowledge else 0)
-        ids, cases, first = [self.cls], [0], []
-        for word, pieces in zip(words, self.subwords(words), strict=True):
+        ids, cases, hints, first = [self.cls], [0], [0], []
+        word_hint = word_hints(words, knowledge) if self.hints else [0] * len(words)
+        for word, pieces, hint in zip(words, self.subwords(words), word_hint, strict=True):
             if len(ids) - 1 + len(pieces) > budget:
                 break
             first.append(len(ids))
             ids.extend(pieces)
             cases.extend([case_shape(word)] * len(pieces))
+            hints.extend([hint] * len(pieces))
         ids.append(self.sep)
         cases.append(0)
+        hints.append(0)
         types = [0] * len(ids)
         if knowledge:
             room = min(self.knowledge_max, self.max_length - len(ids) - 1)
@@ -109,7 +120,14 @@ class WordEncoder:
                 ids += [*k_ids, self.sep]
                 cases += [*k_cases, 0]
                 types += [1] * (len(k_ids) + 1)
-        return {"input_ids": ids, "token_type_ids": types, "case_ids": cases, "first": first}
+        hints += [0] * (len(ids) - len(hints))
+        return {
+            "input_ids": ids,
+            "token_type_ids": types,
+            "case_ids": cases,
+            "hint_ids": hints,
+            "first": first,
+        }
 
     def collate(
         self, encoded: list[dict[str, Any]], labels: list[list[int]] | None = None
@@ -122,6 +140,7 @@ class WordEncoder:
             "input_ids": torch.full((size, length), self.pad, dtype=torch.long),
             "token_type_ids": torch.zeros((size, length), dtype=torch.long),
             "case_ids": torch.zeros((size, length), dtype=torch.long),
+            "hint_ids": torch.zeros((size, length), dtype=torch.long),
             "attention_mask": torch.zeros((size, length), dtype=torch.long),
             "first": torch.zeros((size, n_words), dtype=torch.long),
             "word_mask": torch.zeros((size, n_words), dtype=torch.bool),
@@ -133,6 +152,7 @@ class WordEncoder:
             batch["input_ids"][row, :n] = torch.tensor(item["input_ids"])
             batch["token_type_ids"][row, :n] = torch.tensor(item["token_type_ids"])
             batch["case_ids"][row, :n] = torch.tensor(item["case_ids"])
+            batch["hint_ids"][row, :n] = torch.tensor(item.get("hint_ids", [0] * n))
             batch["attention_mask"][row, :n] = 1
             w = len(item["first"])
             if w:
@@ -146,7 +166,7 @@ class WordEncoder:
 
 
 class CrfTagger(nn.Module):
-    """Encoder + (optional case embedding) + linear emissions + CRF over post words."""
+    """Encoder + (optional case and hint embeddings) + linear emissions + CRF over post words."""
 
     def __init__(self, encoder: nn.Module, config: TaggerConfig) -> None:
         super().__init__()
@@ -162,18 +182,33 @@ class CrfTagger(nn.Module):
         elif config.case == "head":
             self.case_embedding = nn.Embedding(len(CASE_SHAPES), config.case_dim)
             head_in += config.case_dim
+        self.hint_embedding: nn.Embedding | None = None
+        if config.hints:
+            self.hint_embedding = nn.Embedding(len(HINTS), hidden)
+            nn.init.zeros_(self.hint_embedding.weight)
         self.dropout = nn.Dropout(config.dropout)
         self.emission = nn.Linear(head_in, len(config.labels))
         self.crf = CRF(len(config.labels), batch_first=True)
+
+    def add_hints(self) -> None:
+        """Give a model trained without hints a (zero, so harmless) hint embedding."""
+        if self.hint_embedding is None:
+            self.config.hints = True
+            self.hint_embedding = nn.Embedding(len(HINTS), self.encoder.config.hidden_size)
+            nn.init.zeros_(self.hint_embedding.weight)
 
     def emissions(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Per-word label scores (batch, words, labels)."""
         kwargs: dict[str, Any] = {"attention_mask": batch["attention_mask"]}
         if self.use_token_types:
             kwargs["token_type_ids"] = batch["token_type_ids"]
-        if self.config.case == "input":
+        if self.config.case == "input" or self.hint_embedding is not None:
             embeds = self.encoder.get_input_embeddings()(batch["input_ids"])
-            kwargs["inputs_embeds"] = embeds + self.case_embedding(batch["case_ids"])
+            if self.config.case == "input":
+                embeds = embeds + self.case_embedding(batch["case_ids"])
+            if self.hint_embedding is not None:
+                embeds = embeds + self.hint_embedding(batch["hint_ids"])
+            kwargs["inputs_embeds"] = embeds
         else:
             kwargs["input_ids"] = batch["input_ids"]
         hidden = self.encoder(**kwargs).last_hidden_state
@@ -210,7 +245,7 @@ def _word_encoder(tokenizer: Any, tagger: CrfTagger) -> WordEncoder:
     if getattr(hf, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
         positions -= 2  # position ids start after the padding index
     length = min(tagger.config.max_length, positions)
-    return WordEncoder(tokenizer, length, tagger.config.knowledge_max)
+    return WordEncoder(tokenizer, length, tagger.config.knowledge_max, tagger.config.hints)
 
 
 def _new_encoder(config_dir: Path, weights: bool) -> nn.Module:

@@ -119,6 +119,9 @@ def train(
         train_posts = train_posts[: options.max_train_posts]
     if init_model is not None:
         tagger, encoder = load_tagger(init_model)
+        if config.hints and not tagger.config.hints:
+            tagger.add_hints()
+            encoder.hints = True
         previous = tagger.config.extra
         tagger.config.extra = {"train": asdict(options), "init_model": str(init_model)}
         tagger.config.extra["init_train"] = previous.get("train")
