@@ -12,11 +12,28 @@ from riveg.mner.model import TaggerConfig, load_tagger, new_tagger, save_tagger
 from riveg.mner.train import TrainOptions, train
 from tests.test_mner_model import POSTS, make_tiny_encoder
 
-KNOWLEDGE = (
-    "Named entities:1. Kawhi Leonard (person/player)2. NBA (league/organization)3. Block of "
-    "the Year (award/title)4. #NBAAwards (event/award ceremony)Reasoning: The sentence mentions"
-    " 2. things"
-).split()
+KNOWLEDGE = [
+    "Named",
+    "entities:1.",
+    "Kawhi",
+    "Leonard",
+    "(person/player)2.",
+    "NBA",
+    "(league/organization)3.",
+    "Block",
+    "of",
+    "the",
+    "Year",
+    "(award/title)4.",
+    "#NBAAwards",
+    "(event/award",
+    "ceremony)Reasoning:",
+    "The",
+    "sentence",
+    "mentions",
+    "2.",
+    "things",
+]
 
 
 def _names(words: list[str], knowledge: list[str] | None) -> list[str]:
@@ -30,12 +47,26 @@ def test_listed_entities_are_parsed_with_types() -> None:
         (["block", "of", "the", "year"], "MISC"),
         (["nbaawards"], "MISC"),
     ]
-    assert listed_entities("Named entities: None. Reasoning: 1. no".split()) == []
+    assert listed_entities(["Named", "entities:", "None.", "Reasoning:", "1.", "no"]) == []
     assert description_type("city in Texas") == "LOC" and description_type("a movie") == "MISC"
 
 
 def test_word_hints_mark_listed_names() -> None:
-    words = "# NBA : Kawhi Leonard wins Block of the Year ! # NBAAwards".split()
+    words = [
+        "#",
+        "NBA",
+        ":",
+        "Kawhi",
+        "Leonard",
+        "wins",
+        "Block",
+        "of",
+        "the",
+        "Year",
+        "!",
+        "#",
+        "NBAAwards",
+    ]
     assert _names(words, KNOWLEDGE) == [
         "unlisted", "B-ORG", "unlisted", "B-PER", "I-PER", "unlisted",
         "B-MISC", "I-MISC", "I-MISC", "I-MISC", "unlisted", "unlisted", "B-MISC",
@@ -55,7 +86,7 @@ def test_hints_change_the_emissions_and_survive_save_load(encoder_dir: Path, tmp
     torch.nn.init.normal_(tagger.hint_embedding.weight)
     tagger.eval()
     post = POSTS[0]
-    knowledge = "Named entities: 1. Ted Cruz (politician) 2. Paris (city)".split()
+    knowledge = ["Named", "entities:", "1.", "Ted", "Cruz", "(politician)", "2.", "Paris", "(city)"]
     encoded = encoder.encode(post.tokens, knowledge)
     first = encoded["first"]
     assert [HINTS[encoded["hint_ids"][i]] for i in first] == [
@@ -70,7 +101,8 @@ def test_hints_change_the_emissions_and_survive_save_load(encoder_dir: Path, tmp
     out = save_tagger(tagger, encoder.tokenizer, tmp_path / "model", fp16=False)
     loaded, loaded_encoder = load_tagger(out)
     assert loaded.config.hints and loaded_encoder.hints
-    again = loaded.emissions(loaded_encoder.collate([loaded_encoder.encode(post.tokens, knowledge)]))
+    batch = loaded_encoder.collate([loaded_encoder.encode(post.tokens, knowledge)])
+    again = loaded.emissions(batch)
     assert torch.allclose(with_hints, again, atol=1e-5)
 
 
