@@ -74,6 +74,9 @@ def run(args: argparse.Namespace) -> Path:
             train_args.append("--no-knowledge")
         else:
             train_args += ["--knowledge-dropout", str(args.knowledge_dropout)]
+            train_args += ["--select", args.select]
+            if args.hints:
+                train_args.append("--hints")
         if args.resume:
             train_args.append("--resume")
         began = time.time()
@@ -94,7 +97,10 @@ def run(args: argparse.Namespace) -> Path:
         "split": "dev",
         "model": str(model.relative_to(ROOT) if model.is_relative_to(ROOT) else model),
         "encoder": tagger.get("encoder_name"),
-        "config": {k: tagger[k] for k in ("max_length", "knowledge_max", "case", "dropout")},
+        "config": {
+            k: tagger.get(k, False)
+            for k in ("max_length", "knowledge_max", "case", "dropout", "hints")
+        },
         "train": tagger.get("extra", {}).get("train"),
         # continued training (--init-model): the earlier run's options and dev scores
         "init_train": tagger.get("extra", {}).get("init_train"),
@@ -209,7 +215,15 @@ def table() -> str:
         epochs = len(r.get("history") or []) or "-"
         if r.get("init_train"):
             epochs = f"{r['init_train']['epochs']} text + {epochs}"
-        mode = "knowledge (dropout)" if r["mode"] == "knowledge" else "text only"
+        mode = "text only"
+        if r["mode"] == "knowledge":
+            train = r.get("train") or {}
+            mode = (
+                f"knowledge ≤ {r['config']['knowledge_max']} subwords, "
+                f"dropout {train.get('knowledge_dropout', '?')}"
+            )
+            if r["config"].get("hints"):
+                mode += ", hints"
         if r.get("tag"):
             mode += f" [{r['tag']}, case={r['config']['case']}]"
         lines.append(
@@ -230,6 +244,8 @@ def main() -> None:
     parser.add_argument("--knowledge-max", type=int, default=64)
     parser.add_argument("--knowledge-dropout", type=float, default=0.4)
     parser.add_argument("--case", choices=["input", "head", "none"], default="input")
+    parser.add_argument("--select", choices=["with", "without", "mean"], default="mean")
+    parser.add_argument("--hints", action="store_true", help="knowledge-list hint embedding")
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--resume", action="store_true")
