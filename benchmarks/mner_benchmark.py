@@ -214,7 +214,7 @@ def table() -> str:
         text_p, know_p = PAPER[r["dataset"]]
         epochs = len(r.get("history") or []) or "-"
         if r.get("init_train"):
-            epochs = f"{r['init_train']['epochs']} text + {epochs}"
+            epochs = f"{r['init_train']['epochs']} + {epochs}"
         mode = "text only"
         if r["mode"] == "knowledge":
             train = r.get("train") or {}
