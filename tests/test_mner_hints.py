@@ -113,3 +113,36 @@ def test_continued_training_can_add_hints(encoder_dir: Path, tmp_path: Path) -> 
           init_model=tmp_path / "plain" / "best")  # fmt: skip
     tagger, encoder = load_tagger(tmp_path / "hinted" / "best")
     assert tagger.config.hints and tagger.hint_embedding is not None and encoder.hints
+
+
+def test_average_of_two_models_is_their_mean(encoder_dir: Path, tmp_path: Path) -> None:
+    """`riveg mner average`: the soup's weights are the mean; wrong inputs fail clearly."""
+    from click.testing import CliRunner
+
+    from riveg.mner.cli import mner_group
+
+    folders = []
+    for seed in (3, 4):
+        torch.manual_seed(seed)
+        tagger, encoder = new_tagger(encoder_dir, TaggerConfig(hints=True))
+        torch.nn.init.normal_(tagger.hint_embedding.weight)
+        folders.append(save_tagger(tagger, encoder.tokenizer, tmp_path / f"m{seed}", fp16=False))
+    result = CliRunner().invoke(
+        mner_group, ["average", *map(str, folders), "--out", str(tmp_path / "soup")]
+    )
+    assert result.exit_code == 0, result.output
+    soup, _ = load_tagger(tmp_path / "soup")
+    first, second = (load_tagger(f)[0].state_dict() for f in folders)
+    for key, value in soup.state_dict().items():
+        if value.is_floating_point():
+            assert torch.allclose(value, (first[key] + second[key]) / 2, atol=2e-3), key
+    assert soup.config.extra["averaged"] == [str(f) for f in folders]
+    plain = save_tagger(*_plain(encoder_dir), tmp_path / "plain", fp16=False)
+    refused = CliRunner().invoke(mner_group, ["average", str(plain), str(folders[0]), "--out",
+                                              str(tmp_path / "bad")])  # fmt: skip
+    assert refused.exit_code == 1 and "not the same architecture" in refused.output
+
+
+def _plain(encoder_dir: Path):
+    tagger, encoder = new_tagger(encoder_dir, TaggerConfig(case="none"))
+    return tagger, encoder.tokenizer

@@ -246,6 +246,29 @@ def eval_command(
         click.echo(json.dumps(payload))
 
 
+@mner_group.command("average")
+@click.argument("sources", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="folder of the averaged model (fp16)",
+)
+def average_command(sources: tuple[str, ...], out_dir: str) -> None:
+    """Average the weights of models fine-tuned from the same encoder (a "model soup").
+
+    SOURCES are model folders (the first one gives the settings) or runs' last/state.pt."""
+    from riveg.mner.model import average_taggers, save_tagger
+
+    _quiet_transformers()
+    try:
+        tagger, encoder = average_taggers(list(sources))
+    except (ValueError, FileNotFoundError) as err:
+        raise click.ClickException(str(err)) from err
+    click.echo(save_tagger(tagger, encoder.tokenizer, out_dir, fp16=True))
+
+
 @mner_group.command("examples")
 @click.option("--text", required=True, help="the post text")
 @click.option("--caption", default="", help="the image description")

@@ -332,3 +332,41 @@ def load_tagger(model_dir: str | Path, quantize: bool = False) -> tuple[CrfTagge
                 tagger.encoder, {nn.Linear}, dtype=torch.qint8
             )
     return tagger, _word_encoder(tokenizer, tagger)
+
+
+def average_taggers(sources: list[str | Path]) -> tuple[CrfTagger, WordEncoder]:
+    """Uniform weight average ("model soup") of taggers fine-tuned from the same encoder.
+
+    Each source is a model folder or a training run's ``last/state.pt``; the first source must
+    be a folder (its settings and tokenizer are kept). A hinted first source may be averaged
+    with models without hints: the hint embedding is then the mean of those that have one."""
+    if not sources:
+        raise ValueError("nothing to average")
+    tagger, encoder = load_tagger(sources[0])
+    reference = tagger.state_dict()
+    total = {k: v.clone().float() for k, v in reference.items()}
+    counts = dict.fromkeys(total, 1)
+    for source in sources[1:]:
+        path = Path(source)
+        if path.is_file():
+            state = torch.load(path, map_location="cpu", weights_only=False)["model"]
+        else:
+            state = load_tagger(path)[0].state_dict()
+        extra = [k for k in state if k not in total and not k.startswith("hint_embedding.")]
+        if extra:
+            raise ValueError(f"{source} has {extra[0]}: not the same architecture")
+        for key in total:
+            if key in state:
+                total[key] += state[key].float()
+                counts[key] += 1
+            elif not key.startswith("hint_embedding."):
+                raise ValueError(f"{source} has no {key}: not the same architecture")
+    averaged = {
+        key: (value / counts[key]).to(reference[key].dtype)
+        if reference[key].is_floating_point()
+        else reference[key]
+        for key, value in total.items()
+    }
+    tagger.load_state_dict(averaged)
+    tagger.config.extra = {**tagger.config.extra, "averaged": [str(s) for s in sources]}
+    return tagger, encoder
