@@ -105,6 +105,8 @@ def run(args: argparse.Namespace) -> Path:
         # continued training (--init-model): the earlier run's options and dev scores
         "init_train": tagger.get("extra", {}).get("init_train"),
         "init_dev": tagger.get("extra", {}).get("init_dev"),
+        # `riveg mner average`: the model folders / states whose weights were averaged
+        "averaged": tagger.get("extra", {}).get("averaged"),
         "history": history,
         "dev_without_knowledge": evaluate(model, args.dataset, False, args.threads),
         "paper_test_f1": dict(zip(("text", "knowledge"), PAPER[args.dataset], strict=True)),
@@ -224,6 +226,8 @@ def table() -> str:
             )
             if r["config"].get("hints"):
                 mode += ", hints"
+        if r.get("averaged"):
+            mode += f", weight average of {len(r['averaged'])} runs"
         if r.get("tag"):
             mode += f" [{r['tag']}, case={r['config']['case']}]"
         lines.append(

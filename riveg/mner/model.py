@@ -368,5 +368,12 @@ def average_taggers(sources: list[str | Path]) -> tuple[CrfTagger, WordEncoder]:
         for key, value in total.items()
     }
     tagger.load_state_dict(averaged)
-    tagger.config.extra = {**tagger.config.extra, "averaged": [str(s) for s in sources]}
+    # the members' own training options and dev scores; the soup's are measured afresh
+    members = [{"source": str(sources[0]), **tagger.config.extra}]
+    members += [{"source": str(s)} for s in sources[1:]]
+    for member in members[1:]:
+        tagger_json = Path(member["source"]) / TAGGER_FILE
+        if tagger_json.is_file():
+            member.update(json.loads(tagger_json.read_text()).get("extra", {}))
+    tagger.config.extra = {"averaged": [str(s) for s in sources], "members": members}
     return tagger, encoder
