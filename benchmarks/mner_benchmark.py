@@ -101,7 +101,8 @@ def run(args: argparse.Namespace) -> Path:
             k: tagger.get(k, False)
             for k in ("max_length", "knowledge_max", "case", "dropout", "hints")
         },
-        "train": tagger.get("extra", {}).get("train"),
+        "train": tagger.get("extra", {}).get("train")
+        or (tagger.get("extra", {}).get("members") or [{}])[0].get("train"),
         # continued training (--init-model): the earlier run's options and dev scores
         "init_train": tagger.get("extra", {}).get("init_train"),
         "init_dev": tagger.get("extra", {}).get("init_dev"),
@@ -227,7 +228,7 @@ def table() -> str:
             if r["config"].get("hints"):
                 mode += ", hints"
         if r.get("averaged"):
-            mode += f", weight average of {len(r['averaged'])} runs"
+            mode += f", weight average of {len(r['averaged'])} models"
         if r.get("tag"):
             mode += f" [{r['tag']}, case={r['config']['case']}]"
         lines.append(
