@@ -21,6 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
+SHIPPED = "services/mner/weights"  # the default model, as result files name it
 RUNS = ROOT / "runs" / "bench"
 
 # Paper (RiVEG, Table: PLIM with BERT-base), test F1 in percent: (text only, with ChatGPT).
@@ -108,6 +109,7 @@ def run(args: argparse.Namespace) -> Path:
         "init_dev": tagger.get("extra", {}).get("init_dev"),
         # `riveg mner average`: the model folders / states whose weights were averaged
         "averaged": tagger.get("extra", {}).get("averaged"),
+        "members": tagger.get("extra", {}).get("members"),
         "history": history,
         "dev_without_knowledge": evaluate(model, args.dataset, False, args.threads),
         "paper_test_f1": dict(zip(("text", "knowledge"), PAPER[args.dataset], strict=True)),
@@ -215,22 +217,25 @@ def table() -> str:
         with_k = r.get("dev_with_knowledge", {}).get("f1")
         with_text = f"{with_k * 100:.2f}" if with_k is not None else "-"
         text_p, know_p = PAPER[r["dataset"]]
+        members = r.get("members") or []
         epochs = len(r.get("history") or []) or "-"
+        if members and not r.get("history"):  # a soup: each member's selected epoch
+            epochs = " / ".join(str((m.get("dev") or {}).get("epoch", "?")) for m in members)
         if r.get("init_train"):
             epochs = f"{r['init_train']['epochs']} + {epochs}"
         mode = "text only"
         if r["mode"] == "knowledge":
-            train = r.get("train") or {}
-            mode = (
-                f"knowledge ≤ {r['config']['knowledge_max']} subwords, "
-                f"dropout {train.get('knowledge_dropout', '?')}"
-            )
+            trains = [m.get("train") or {} for m in members] or [r.get("train") or {}]
+            dropout = " / ".join(str(t.get("knowledge_dropout", "?")) for t in trains)
+            mode = f"knowledge ≤ {r['config']['knowledge_max']} subwords, dropout {dropout}"
             if r["config"].get("hints"):
                 mode += ", hints"
         if r.get("averaged"):
             mode += f", weight average of {len(r['averaged'])} models"
         if r.get("tag"):
             mode += f" [{r['tag']}, case={r['config']['case']}]"
+        if r.get("model") == SHIPPED and not r.get("tag"):
+            mode = f"**shipped default**: {mode}"
         lines.append(
             f"| {r['dataset']} | {mode} | {epochs} | {without:.2f} | {with_text} "
             f"| {text_p:.2f} / {know_p:.2f} |"

@@ -19,6 +19,14 @@ def test_env_beats_file_and_overrides_beat_env(tmp_path, monkeypatch) -> None:
     assert settings.knowledge is True
 
 
+def test_empty_mner_model_means_the_shipped_weights(tmp_path, monkeypatch) -> None:
+    """The Kubernetes ConfigMap sets RIVEG_MNER_MODEL= (empty) for the weights in the image."""
+    monkeypatch.setenv("RIVEG_MNER_MODEL", "")
+    assert load_settings().mner_model is None
+    monkeypatch.setenv("RIVEG_MNER_MODEL", str(tmp_path))
+    assert load_settings().mner_model == tmp_path
+
+
 def test_store_defaults_follow_the_mode(monkeypatch) -> None:
     monkeypatch.delenv("RIVEG_STORE", raising=False)
     monkeypatch.delenv("RIVEG_BROKER_URL", raising=False)

@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from riveg import STAGES
@@ -133,6 +133,12 @@ class Settings(BaseSettings):
     llm_cache: bool = Field(True, description="cache generations in the object store")
     log_format: Literal["json", "console"] = Field("console", description="log lines on stderr")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
+
+    @field_validator("mner_model", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        """``RIVEG_MNER_MODEL=`` (empty, as a ConfigMap may set it) means the shipped model."""
+        return None if value == "" else value
 
     @model_validator(mode="after")
     def _default_store(self) -> Settings:
