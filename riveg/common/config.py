@@ -68,7 +68,9 @@ class Settings(BaseSettings):
     mner_model: Path | None = Field(
         None, description="crf model folder (default: the shipped services/mner/weights)"
     )
-    mner_quantize: bool = Field(False, description="crf: dynamic int8 encoder (faster, -1.6 F1)")
+    mner_quantize: bool = Field(
+        False, description="crf: dynamic int8 encoder (faster, -0.6 to -1.1 F1)"
+    )
     ve_backend: str = Field("person", description="VE backend: person, groundability, clip, itm")
     vg_backend: str = Field("person", description="VG backend: person, owl, grounding-dino")
     seg_backend: str = Field(
