@@ -84,6 +84,7 @@ def run(args: argparse.Namespace) -> Path:
         subprocess.run(_cli(*train_args), check=True)
         train_info = {"train_wall_s": round(time.time() - began, 1), "command": train_args}
     tagger = json.loads((model / "tagger.json").read_text())
+    extra = tagger.get("extra", {})
     history = []
     metrics = Path(args.history) if args.history else model.parent / "metrics.jsonl"
     if metrics.is_file():
@@ -102,14 +103,13 @@ def run(args: argparse.Namespace) -> Path:
             k: tagger.get(k, False)
             for k in ("max_length", "knowledge_max", "case", "dropout", "hints")
         },
-        "train": tagger.get("extra", {}).get("train")
-        or (tagger.get("extra", {}).get("members") or [{}])[0].get("train"),
+        "train": extra.get("train") or (extra.get("members") or [{}])[0].get("train"),
         # continued training (--init-model): the earlier run's options and dev scores
-        "init_train": tagger.get("extra", {}).get("init_train"),
-        "init_dev": tagger.get("extra", {}).get("init_dev"),
+        "init_train": extra.get("init_train"),
+        "init_dev": extra.get("init_dev"),
         # `riveg mner average`: the model folders / states whose weights were averaged
-        "averaged": tagger.get("extra", {}).get("averaged"),
-        "members": tagger.get("extra", {}).get("members"),
+        "averaged": extra.get("averaged"),
+        "members": extra.get("members"),
         "history": history,
         "dev_without_knowledge": evaluate(model, args.dataset, False, args.threads),
         "paper_test_f1": dict(zip(("text", "knowledge"), PAPER[args.dataset], strict=True)),

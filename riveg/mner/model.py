@@ -346,12 +346,17 @@ def average_taggers(sources: list[str | Path]) -> tuple[CrfTagger, WordEncoder]:
     reference = tagger.state_dict()
     total = {k: v.clone().float() for k, v in reference.items()}
     counts = dict.fromkeys(total, 1)
+    # the members' own training options and dev scores; the soup's are measured afresh
+    members = [{"source": str(sources[0]), **tagger.config.extra}]
     for source in sources[1:]:
         path = Path(source)
         if path.is_file():
             state = torch.load(path, map_location="cpu", weights_only=False)["model"]
+            members.append({"source": str(source)})
         else:
-            state = load_tagger(path)[0].state_dict()
+            member = load_tagger(path)[0]
+            state = member.state_dict()
+            members.append({"source": str(source), **member.config.extra})
         extra = [k for k in state if k not in total and not k.startswith("hint_embedding.")]
         if extra:
             raise ValueError(f"{source} has {extra[0]}: not the same architecture")
@@ -368,12 +373,5 @@ def average_taggers(sources: list[str | Path]) -> tuple[CrfTagger, WordEncoder]:
         for key, value in total.items()
     }
     tagger.load_state_dict(averaged)
-    # the members' own training options and dev scores; the soup's are measured afresh
-    members = [{"source": str(sources[0]), **tagger.config.extra}]
-    members += [{"source": str(s)} for s in sources[1:]]
-    for member in members[1:]:
-        tagger_json = Path(member["source"]) / TAGGER_FILE
-        if tagger_json.is_file():
-            member.update(json.loads(tagger_json.read_text()).get("extra", {}))
     tagger.config.extra = {"averaged": [str(s) for s in sources], "members": members}
     return tagger, encoder
