@@ -19,12 +19,16 @@ def test_env_beats_file_and_overrides_beat_env(tmp_path, monkeypatch) -> None:
     assert settings.knowledge is True
 
 
-def test_empty_mner_model_means_the_shipped_weights(tmp_path, monkeypatch) -> None:
-    """The Kubernetes ConfigMap sets RIVEG_MNER_MODEL= (empty) for the weights in the image."""
+def test_empty_optional_paths_are_unset(tmp_path, monkeypatch) -> None:
+    """A ConfigMap may set RIVEG_MNER_MODEL= (empty) for the weights in the image."""
     monkeypatch.setenv("RIVEG_MNER_MODEL", "")
     assert load_settings().mner_model is None
     monkeypatch.setenv("RIVEG_MNER_MODEL", str(tmp_path))
     assert load_settings().mner_model == tmp_path
+    monkeypatch.setenv("RIVEG_MODEL_STORE_PATH", "")
+    assert load_settings().model_store_path is None
+    monkeypatch.setenv("RIVEG_MODEL_STORE_PATH", str(tmp_path))
+    assert load_settings().model_store_path == tmp_path
 
 
 def test_store_defaults_follow_the_mode(monkeypatch) -> None:

@@ -261,3 +261,42 @@ def test_shipped_default_weights() -> None:
     knowledge = [None, ["Barack", "Obama", "(person)"]]
     for tags, _ in tag_words(tagger, encoder, [words, words], knowledge):
         assert tags == ["B-PER", "I-PER", "O", "B-LOC"]
+
+
+def test_cross_view_kl_pulls_only_the_student() -> None:
+    from riveg.mner.model import cross_view_kl
+
+    teacher = torch.randn(2, 4, 9, requires_grad=True)
+    mask = torch.tensor([[True] * 4, [True, True, False, False]])
+    assert cross_view_kl(teacher.detach().clone(), teacher, mask).item() == pytest.approx(0.0)
+    student = torch.randn(2, 5, 9, requires_grad=True)  # one word more: cut to the common words
+    kl = cross_view_kl(student, teacher, mask)
+    assert kl.item() > 0
+    kl.backward()
+    assert teacher.grad is None and student.grad is not None
+    assert student.grad[1, 2:].abs().sum() == 0  # masked words give no gradient
+
+
+def test_aligned_loss_is_both_views_plus_kl(encoder_dir: Path, tmp_path: Path) -> None:
+    from riveg.mner.model import cross_view_kl
+    from riveg.mner.train import aligned_loss
+
+    tagger, encoder = new_tagger(encoder_dir, TaggerConfig(hints=True))
+    tagger.eval()  # no dropout: the parts can be recomputed exactly
+    labels = [[LABEL_IDS[t] for t in p.tags] for p in POSTS]
+    with_k = encoder.collate([encoder.encode(p.tokens, p.knowledge) for p in POSTS], labels)
+    text = [encoder.encode(p.tokens) for p in POSTS]
+    plain = encoder.collate(text, labels)
+    total = aligned_loss(tagger, with_k, encoder, text, labels, 0.5)
+    a, b = tagger.emissions(with_k), tagger.emissions(plain)
+    expected = (
+        tagger.nll(a, with_k) + tagger.nll(b, plain) + 0.5 * cross_view_kl(b, a, plain["word_mask"])
+    )
+    assert total.item() == pytest.approx(expected.item(), rel=1e-5)
+    options = TrainOptions(epochs=1, batch_size=2, lr=1e-3, head_lr=1e-2, align=1.0)
+    summary = train(POSTS, POSTS, tmp_path / "run", encoder_dir, TaggerConfig(), options)
+    assert summary["history"][0]["dev_f1_with"] is not None
+    saved = json.loads((tmp_path / "run" / "best" / "tagger.json").read_text())
+    assert saved["extra"]["train"]["align"] == 1.0
+    with pytest.raises(ValueError, match="align"):
+        TrainOptions(align=-1.0)

@@ -136,10 +136,11 @@ class Settings(BaseSettings):
     log_format: Literal["json", "console"] = Field("console", description="log lines on stderr")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
 
-    @field_validator("mner_model", mode="before")
+    @field_validator("mner_model", "model_store_path", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
-        """``RIVEG_MNER_MODEL=`` (empty, as a ConfigMap may set it) means the shipped model."""
+        """An empty optional path (``RIVEG_MNER_MODEL=``, as a ConfigMap may set it) is unset:
+        the shipped MNER model, the object store's ``models/``; never the working folder."""
         return None if value == "" else value
 
     @model_validator(mode="after")

@@ -72,6 +72,13 @@ def mner_group() -> None:
     show_default=True,
     help="fraction of knowledge batches given other posts' knowledge",
 )
+@click.option(
+    "--align",
+    default=0.0,
+    show_default=True,
+    help="train the text-only view on knowledge batches too, pulled towards the knowledge "
+    "view by this weight x KL (0: off)",
+)
 @click.option("--max-length", default=256, show_default=True, help="subwords per sequence")
 @click.option("--knowledge-max", default=200, show_default=True, help="knowledge subwords kept")
 @click.option(
@@ -141,6 +148,7 @@ def train_command(**kw: Any) -> None:
             head_lr=kw["head_lr"],
             knowledge_dropout=0.0 if kw["no_knowledge"] else kw["knowledge_dropout"],
             knowledge_noise=0.0 if kw["no_knowledge"] else kw["knowledge_noise"],
+            align=0.0 if kw["no_knowledge"] else kw["align"],
             select="without" if kw["no_knowledge"] else kw["select"],
             seed=kw["seed"],
             max_train_posts=kw["max_train_posts"],

@@ -221,7 +221,10 @@ class CrfTagger(nn.Module):
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Mean negative log-likelihood of the gold label sequences."""
-        scores = self.emissions(batch)
+        return self.nll(self.emissions(batch), batch)
+
+    def nll(self, scores: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Mean negative log-likelihood of the gold labels under given emission scores."""
         return -self.crf(scores, batch["labels"], mask=batch["word_mask"], reduction="mean")
 
     @torch.inference_mode()
@@ -375,3 +378,15 @@ def average_taggers(sources: list[str | Path]) -> tuple[CrfTagger, WordEncoder]:
     tagger.load_state_dict(averaged)
     tagger.config.extra = {"averaged": [str(s) for s in sources], "members": members}
     return tagger, encoder
+
+
+def cross_view_kl(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over words of KL(teacher || student) between per-word label distributions
+    (softmax of the emissions); the teacher is not trained by it. Used to pull the
+    text-only view towards the view with knowledge (ITA's cross-view alignment)."""
+    words = min(student.size(1), teacher.size(1), mask.size(1))
+    student, teacher, mask = student[:, :words], teacher[:, :words].detach(), mask[:, :words]
+    kl = torch.nn.functional.kl_div(
+        student.log_softmax(-1), teacher.log_softmax(-1), log_target=True, reduction="none"
+    ).sum(-1)
+    return (kl * mask).sum() / mask.sum().clamp(min=1)

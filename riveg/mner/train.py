@@ -22,6 +22,7 @@ from riveg.mner.model import (
     CrfTagger,
     TaggerConfig,
     WordEncoder,
+    cross_view_kl,
     load_tagger,
     new_tagger,
     save_tagger,
@@ -44,6 +45,9 @@ class TrainOptions:
     weight_decay: float = 0.01
     knowledge_dropout: float = 0.3
     knowledge_noise: float = 0.0  # fraction of knowledge batches given other posts' knowledge
+    # > 0: knowledge batches also train the text-only view, pulled towards the knowledge view
+    # by this weight times KL(with || without) per word (cross-view alignment, as in ITA)
+    align: float = 0.0
     select: str = "mean"  # with | without | mean (of the dev F1 with and without knowledge)
     seed: int = 13
     eval_batch_size: int = 64
@@ -56,6 +60,8 @@ class TrainOptions:
             raise ValueError("knowledge_dropout must lie in [0, 1]")
         if not 0.0 <= self.knowledge_noise <= 1.0:
             raise ValueError("knowledge_noise must lie in [0, 1]")
+        if self.align < 0.0:
+            raise ValueError("align must not be negative")
 
 
 def seed_everything(seed: int) -> None:
@@ -96,6 +102,27 @@ def selection_score(scores: dict[str, Any], select: str) -> float:
     if select == "with" and "with" in scores:
         return scores["with"]["f1"]
     return scores["without"]["f1"]
+
+
+def aligned_loss(
+    tagger: CrfTagger,
+    batch: dict[str, torch.Tensor],
+    encoder: WordEncoder,
+    text_only: list[dict[str, Any]],
+    labels: list[list[int]],
+    weight: float,
+) -> torch.Tensor:
+    """Both views' CRF losses plus ``weight`` x KL pulling the text-only view's per-word
+    label distribution towards the knowledge view's."""
+    plain = encoder.collate(text_only, labels)
+    with_scores, plain_scores = tagger.emissions(batch), tagger.emissions(plain)
+    mask = batch["word_mask"][:, : plain["word_mask"].size(1)]
+    mask = mask & plain["word_mask"][:, : mask.size(1)]
+    return (
+        tagger.nll(with_scores, batch)
+        + tagger.nll(plain_scores, plain)
+        + weight * cross_view_kl(plain_scores, with_scores, mask)
+    )
 
 
 def train(
@@ -190,7 +217,17 @@ def train(
             else:
                 items = [with_k[i] for i in batch_ids]
             batch = encoder.collate(items, [labels[i] for i in batch_ids])
-            loss = tagger.loss(batch)
+            if options.align > 0 and not drop:
+                loss = aligned_loss(
+                    tagger,
+                    batch,
+                    encoder,
+                    [without_k[i] for i in batch_ids],
+                    [labels[i] for i in batch_ids],
+                    options.align,
+                )
+            else:
+                loss = tagger.loss(batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(tagger.parameters(), 1.0)
