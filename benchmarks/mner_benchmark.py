@@ -78,6 +78,8 @@ def run(args: argparse.Namespace) -> Path:
             train_args += ["--select", args.select]
             if args.hints:
                 train_args.append("--hints")
+            if args.align:
+                train_args += ["--align", str(args.align)]
         if args.resume:
             train_args.append("--resume")
         began = time.time()
@@ -230,6 +232,12 @@ def table() -> str:
             mode = f"knowledge ≤ {r['config']['knowledge_max']} subwords, dropout {dropout}"
             if r["config"].get("hints"):
                 mode += ", hints"
+            aligns = [t.get("align") or 0 for t in trains]
+            if any(aligns):
+                mode += ", text view aligned (KL x " + " / ".join(str(a) for a in aligns) + ")"
+            seeds = {t.get("seed", 13) for t in trains}
+            if seeds != {13}:
+                mode += ", seed " + " / ".join(str(seed) for seed in sorted(seeds))
         if r.get("averaged"):
             mode += f", weight average of {len(r['averaged'])} models"
         if r.get("tag"):
@@ -256,6 +264,7 @@ def main() -> None:
     parser.add_argument("--case", choices=["input", "head", "none"], default="input")
     parser.add_argument("--select", choices=["with", "without", "mean"], default="mean")
     parser.add_argument("--hints", action="store_true", help="knowledge-list hint embedding")
+    parser.add_argument("--align", type=float, default=0.0, help="cross-view KL weight")
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--resume", action="store_true")
