@@ -380,12 +380,18 @@ def average_taggers(sources: list[str | Path]) -> tuple[CrfTagger, WordEncoder]:
     return tagger, encoder
 
 
-def cross_view_kl(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def cross_view_kl(
+    student: torch.Tensor, teacher: torch.Tensor, *masks: torch.Tensor
+) -> torch.Tensor:
     """Mean over words of KL(teacher || student) between per-word label distributions
-    (softmax of the emissions); the teacher is not trained by it. Used to pull the
-    text-only view towards the view with knowledge (ITA's cross-view alignment)."""
-    words = min(student.size(1), teacher.size(1), mask.size(1))
-    student, teacher, mask = student[:, :words], teacher[:, :words].detach(), mask[:, :words]
+    (softmax of the emissions); the teacher is not trained by it. Both are cut to their common
+    words, and only words on in every mask count. Used to pull the text-only view towards the
+    view with knowledge (ITA's cross-view alignment)."""
+    words = min(student.size(1), teacher.size(1), *(m.size(1) for m in masks))
+    student, teacher = student[:, :words], teacher[:, :words].detach()
+    mask = masks[0][:, :words]
+    for other in masks[1:]:
+        mask = mask & other[:, :words]
     kl = torch.nn.functional.kl_div(
         student.log_softmax(-1), teacher.log_softmax(-1), log_target=True, reduction="none"
     ).sum(-1)

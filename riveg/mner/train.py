@@ -116,13 +116,8 @@ def aligned_loss(
     label distribution towards the knowledge view's."""
     plain = encoder.collate(text_only, labels)
     with_scores, plain_scores = tagger.emissions(batch), tagger.emissions(plain)
-    mask = batch["word_mask"][:, : plain["word_mask"].size(1)]
-    mask = mask & plain["word_mask"][:, : mask.size(1)]
-    return (
-        tagger.nll(with_scores, batch)
-        + tagger.nll(plain_scores, plain)
-        + weight * cross_view_kl(plain_scores, with_scores, mask)
-    )
+    kl = cross_view_kl(plain_scores, with_scores, plain["word_mask"], batch["word_mask"])
+    return tagger.nll(with_scores, batch) + tagger.nll(plain_scores, plain) + weight * kl
 
 
 def train(
@@ -216,16 +211,11 @@ def train(
                 ]
             else:
                 items = [with_k[i] for i in batch_ids]
-            batch = encoder.collate(items, [labels[i] for i in batch_ids])
+            batch_labels = [labels[i] for i in batch_ids]
+            batch = encoder.collate(items, batch_labels)
             if options.align > 0 and not drop:
-                loss = aligned_loss(
-                    tagger,
-                    batch,
-                    encoder,
-                    [without_k[i] for i in batch_ids],
-                    [labels[i] for i in batch_ids],
-                    options.align,
-                )
+                text_only = [without_k[i] for i in batch_ids]
+                loss = aligned_loss(tagger, batch, encoder, text_only, batch_labels, options.align)
             else:
                 loss = tagger.loss(batch)
             optimizer.zero_grad(set_to_none=True)
