@@ -1,6 +1,6 @@
 """LLM stage measurements on Twitter-GMNER dev (results in benchmarks/results/llm_*.json).
 
-    RIVEG_TORCH_THREADS=1 nice -n 10 python benchmarks/llm_benchmark.py --posts 100 \
+    RIVEG_MODELS_TORCH_THREADS=1 nice -n 10 python benchmarks/llm_benchmark.py --posts 100 \
         --expand-posts 30 --budget-s 3000
 
 1. replay hit rate: every dev post's text looked up in the released ChatGPT knowledge;
@@ -63,7 +63,7 @@ def write_knowledge(posts, knowledge: dict[str, str], path: Path) -> None:
 
 
 def mner_eval(data: Path, knowledge: Path | None) -> dict:
-    command = [sys.executable, "-m", "riveg.mner.cli", "eval", "--data", str(data), "--json"]
+    command = [sys.executable, "-m", "services.mner.cli", "eval", "--data", str(data), "--json"]
     if knowledge is not None:
         command += ["--knowledge", str(knowledge)]
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
@@ -83,10 +83,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "llm_twitter_gmner_dev.json")
     args = parser.parse_args()
 
-    from riveg.common.config import load_settings
-    from riveg.llm.replay import ReplayIndex, knowledge_files
-    from riveg.mner.data import load_split, read_captions_mplug, split_paths
+    from riveg.core.config import load_settings
     from services.llm.backends import create_backend
+    from services.llm.replay import ReplayIndex, knowledge_files
+    from services.mner.data import load_split, read_captions_mplug, split_paths
 
     args.work.mkdir(parents=True, exist_ok=True)
     dev = load_split("twitter_gmner", "dev", with_knowledge=True)
@@ -109,7 +109,7 @@ def main() -> None:
 
     # 2. Gemma speed, cache off
     settings = load_settings(llm_cache=False)
-    report["torch_threads"] = settings.torch_threads or "torch default"
+    report["torch_threads"] = settings.models.torch_threads or "torch default"
     gemma = create_backend("gemma", settings)
     started = time.perf_counter()
     gemma.load()
@@ -124,17 +124,17 @@ def main() -> None:
         prompts = gemma.expand_prompts(post.text, entities)
         for prompt in prompts:  # one entity per call
             began = time.perf_counter()
-            [generation] = gemma.generate([prompt], settings.llm_max_new_tokens, ["\n"])
+            [generation] = gemma.generate([prompt], settings.llm.max_new_tokens, ["\n"])
             e_lat.append(time.perf_counter() - began)
             e_tok.append(generation.completion_tokens)
         began = time.perf_counter()  # all entities of the post in one batch (as served)
-        gemma.generate(prompts, settings.llm_max_new_tokens, ["\n"])
+        gemma.generate(prompts, settings.llm.max_new_tokens, ["\n"])
         batch_lat.append((time.perf_counter() - began) / len(prompts))
         n_entities += len(prompts)
     report["gemma_expand"] = _summary(e_lat, e_tok) | {
         "batched_per_entity_ms_median": round(statistics.median(batch_lat) * 1000, 1),
         "posts": args.expand_posts,
-        "max_new_tokens": settings.llm_max_new_tokens,
+        "max_new_tokens": settings.llm.max_new_tokens,
     }
     print(json.dumps(report["gemma_expand"]), file=sys.stderr)
 
@@ -154,7 +154,7 @@ def main() -> None:
                 break
             prompt = gemma.knowledge_prompt(post.text, captions.get(post.id, ""))
             began = time.perf_counter()
-            [generation] = gemma.generate([prompt], settings.knowledge_max_new_tokens, ["\n"])
+            [generation] = gemma.generate([prompt], settings.llm.knowledge_max_new_tokens, ["\n"])
             record = {
                 "id": post.id,
                 "knowledge": generation.text.strip(),
@@ -170,8 +170,8 @@ def main() -> None:
     report["gemma_knowledge"] = _summary([r["s"] for r in timed], [r["new_tokens"] for r in timed])
     report["gemma_knowledge"] |= {
         "prompt_tokens_mean": round(statistics.mean(r["prompt_tokens"] for r in timed), 1),
-        "examples_per_prompt": settings.llm_examples,
-        "max_new_tokens": settings.knowledge_max_new_tokens,
+        "examples_per_prompt": settings.llm.examples,
+        "max_new_tokens": settings.llm.knowledge_max_new_tokens,
     }
     knowledge = {k: r["knowledge"] for k, r in records.items()}
     print(json.dumps(report["gemma_knowledge"]), file=sys.stderr)

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 SHIPPED = "services/mner/weights"  # the default model, as result files name it
 RUNS = ROOT / "runs" / "bench"
-DEFAULT_SEED = 13  # riveg.mner.train.TrainOptions' default; the table names any other
+DEFAULT_SEED = 13  # services.mner.train.TrainOptions' default; the table names any other
 
 # Paper (RiVEG, Table: PLIM with BERT-base), test F1 in percent: (text only, with ChatGPT).
 PAPER = {
@@ -35,13 +35,13 @@ TARGETS = {"twitter2015": 0.74, "twitter2017": 0.86, "twitter_gmner": 0.81}
 
 
 def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "riveg.mner.cli", *args]
+    return [sys.executable, "-m", "services.mner.cli", *args]
 
 
 def evaluate(model: Path, dataset: str, with_knowledge: bool, threads: int) -> dict:
     """``riveg mner eval --json`` on the dataset's dev split; its last stdout line."""
     sys.path.insert(0, str(ROOT))
-    from riveg.mner.data import split_paths
+    from services.mner.data import split_paths
 
     data, knowledge = split_paths(dataset, "dev")
     args = ["eval", "--data", str(data), "--model", str(model), "--json"]
@@ -134,13 +134,13 @@ def backend_score(name: str, dataset: str, with_knowledge: bool, model: str | No
     sys.path.insert(0, str(ROOT))
     if model:
         os.environ["RIVEG_MNER_MODEL"] = model
-    import services.mner.crf  # noqa: F401  (registers "crf")
-    from riveg.common.config import Settings
+    import services.mner.backends  # noqa: F401  (registers "crf")
+    from riveg.core.config import load_settings
     from riveg.evaluation.spans import score_spans
-    from riveg.mner.data import load_split
     from services.mner.backends import MNER_BACKENDS
+    from services.mner.data import load_split
 
-    backend = MNER_BACKENDS.create(name, Settings(torch_threads=2))
+    backend = MNER_BACKENDS.create(name, load_settings(models_torch_threads=2))
     backend.load()
     posts = load_split(dataset, "dev", with_knowledge=with_knowledge)
     knowledge = [" ".join(p.knowledge) or None for p in posts] if with_knowledge else None
@@ -178,9 +178,9 @@ def robustness(dataset: str, model: str | None, seed: int = DEFAULT_SEED) -> Pat
     import random
 
     sys.path.insert(0, str(ROOT))
-    from riveg.mner.data import load_split
-    from riveg.mner.evaluate import evaluate as score
-    from riveg.mner.model import default_model_dir, load_tagger
+    from services.mner.data import load_split
+    from services.mner.evaluate import evaluate as score
+    from services.mner.model import default_model_dir, load_tagger
 
     folder = Path(model) if model else default_model_dir()
     tagger, encoder = load_tagger(folder)

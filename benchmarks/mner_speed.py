@@ -33,11 +33,11 @@ def main() -> None:
     os.environ["RIVEG_MNER_QUANTIZE"] = "1" if args.quantize else "0"
     import torch
 
-    from riveg.common.config import Settings
-    from riveg.mner.data import load_split
-    from services.mner.crf import CrfMnerBackend, model_dir_for
+    from riveg.core.config import load_settings
+    from services.mner.backends import CrfMnerBackend, model_dir_for
+    from services.mner.data import load_split
 
-    settings = Settings(torch_threads=args.threads)
+    settings = load_settings(models_torch_threads=args.threads)
     backend = CrfMnerBackend(settings)
     backend.batch_size = args.batch_size
     backend.load()

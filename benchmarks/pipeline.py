@@ -25,8 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from riveg.data.conll import read_conll, shared_datasets_dir  # noqa: E402
-from riveg.orchestration.launcher import free_port, port_open, spawn_up, stop_up  # noqa: E402
+from riveg.orchestration.launcher import port_open  # noqa: E402
 from riveg.sample import SAMPLE_IMAGE, SAMPLE_TEXT  # noqa: E402
+from tests.support.processes import free_port, spawn_up, stop_up  # noqa: E402
 
 RIVEG = str(Path(sys.executable).parent / "riveg")
 BROKER = "amqp://guest:guest@127.0.0.1:5672//"
@@ -63,7 +64,7 @@ def timed(argv: list[str], env: dict[str, str]) -> tuple[float, str]:
 
 def analyze_wall_times(work: Path) -> dict[str, float]:
     """`riveg analyze` on the sample: first run (empty cache: GGUF conversion) and warm run."""
-    env = base_env(RIVEG_CACHE_DIR=str(work / "cache"), RIVEG_STORE_PATH=str(work / "store"))
+    env = base_env(RIVEG_MODELS_CACHE_DIR=str(work / "cache"), RIVEG_STORE_PATH=str(work / "store"))
     argv = [RIVEG, "analyze", "--text", SAMPLE_TEXT, "--image", str(SAMPLE_IMAGE), "--json"]
     first, _ = timed(argv, env)
     warm, _ = timed(argv, env)
@@ -116,8 +117,9 @@ def main() -> int:
             if not (port_open("127.0.0.1", 5672) and port_open("127.0.0.1", 6379)):
                 raise SystemExit("distributed mode needs RabbitMQ and Redis on loopback")
             env = base_env(
-                RIVEG_BROKER_URL=BROKER, RIVEG_QUEUE_PREFIX=f"riveg-bench-{uuid.uuid4().hex[:6]}",
-                RIVEG_STORE="s3", RIVEG_S3_ENDPOINT=f"127.0.0.1:{free_port()}",
+                RIVEG_BROKER_URL=BROKER,
+                RIVEG_BROKER_QUEUE_PREFIX=f"riveg-bench-{uuid.uuid4().hex[:6]}",
+                RIVEG_STORE_KIND="s3", RIVEG_S3_ENDPOINT=f"127.0.0.1:{free_port()}",
                 **{f"RIVEG_{s.upper()}_ADDR": f"127.0.0.1:{free_port()}"
                    for s in ("llm", "mner", "ve", "vg", "seg")},
             )  # fmt: skip

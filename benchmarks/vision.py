@@ -27,13 +27,14 @@ import cv2
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from riveg.common.config import load_settings  # noqa: E402
-from riveg.common.images import image_array  # noqa: E402
-from riveg.common.messages import entity_to_proto, image_ref  # noqa: E402
-from riveg.common.rpc import StageClient, StageServer  # noqa: E402
-from riveg.common.storage import LocalObjectStore, open_store  # noqa: E402
-from riveg.modelstore import ModelRef, ModelStore  # noqa: E402
+from riveg.core.config import load_settings  # noqa: E402
+from riveg.core.images import image_array  # noqa: E402
+from riveg.core.storage import LocalObjectStore, open_store  # noqa: E402
 from riveg.sample import SAMPLE_IMAGE, SAMPLE_TEXT  # noqa: E402
+from riveg.serving.client import StageClient  # noqa: E402
+from riveg.serving.messages import entity_to_proto, image_ref  # noqa: E402
+from riveg.serving.modelstore import ModelRef, ModelStore  # noqa: E402
+from riveg.serving.server import StageServer  # noqa: E402
 from riveg.v1 import common_pb2, vg_pb2, vg_pb2_grpc  # noqa: E402
 
 
@@ -102,18 +103,18 @@ def latency(repeats: int) -> dict[str, dict]:
 
 def swap(folder: Path) -> dict:
     """Swap a streaming VG server's model twice; calls, failures and times."""
-    from riveg.vision.tiny import save_tiny_owl
-    from services.vg.server import build_spec
+    from riveg.serving.stages import build_stage
+    from tests.support.tiny import save_tiny_owl
 
     models = ModelStore(LocalObjectStore(folder / "models"), folder / "cache", prefix="")
     models.publish("vg", ModelRef("owlv2-tiny", "1"), save_tiny_owl(folder / "owl"), "owl")
     settings = load_settings(
-        store="local", store_path=folder / "store", model_store_path=folder / "models",
+        store_kind="local", store_path=folder / "store", models_store_path=folder / "models",
         vg_model="person@1",
     )  # fmt: skip
     store = open_store(settings)
     key = store.put_bytes("images/bench", SAMPLE_IMAGE.read_bytes())
-    server = StageServer(build_spec(settings, store), settings)
+    server = StageServer(build_stage("vg", settings, store), settings)
     port = server.start(port=0, host="127.0.0.1")
     client = StageClient("vg", f"127.0.0.1:{port}", vg_pb2_grpc.VgServiceStub, settings)
     request = vg_pb2.GroundRequest(

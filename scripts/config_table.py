@@ -1,11 +1,11 @@
-"""Print the configuration reference (a Markdown table) from riveg.common.config.Settings.
+"""Print the configuration reference (a Markdown table) from riveg.core.config.Settings.
 
 The README's table is this script's output; tests/test_docs.py fails when they differ.
 """
 
 from __future__ import annotations
 
-from riveg.common.config import Settings
+from riveg.core.config import Settings
 
 
 def config_table() -> str:

@@ -5,32 +5,20 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from riveg.common.config import Settings, load_settings
-from riveg.orchestration.launcher import free_port
+from riveg.core.config import Settings, load_settings
+from riveg.orchestration.celery_app import configure_app
+from riveg.orchestration.runtime import EmbeddedCluster, set_runtime
 from riveg.sample import SAMPLE_IMAGE, SAMPLE_TEXT
+from tests.support.processes import free_port, wait_port
 
 __all__ = ["SAMPLE_IMAGE", "SAMPLE_TEXT", "free_port"]
-
-
-def wait_port(port: int, timeout: float = 30.0) -> None:
-    """Block until 127.0.0.1:port accepts connections."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise TimeoutError(f"nothing listens on port {port} after {timeout}s")
 
 
 @pytest.fixture(scope="session")
@@ -40,15 +28,12 @@ def sample_bytes() -> bytes:
 
 @pytest.fixture(scope="session")
 def embedded_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    return load_settings(store="local", store_path=tmp_path_factory.mktemp("store"))
+    return load_settings(store_kind="local", store_path=tmp_path_factory.mktemp("store"))
 
 
 @pytest.fixture(scope="session")
 def embedded(embedded_settings: Settings) -> Iterator:
     """The five real stage servers in this process on loopback (an EmbeddedCluster)."""
-    from riveg.orchestration.celery_app import configure_app
-    from riveg.orchestration.runtime import EmbeddedCluster, set_runtime
-
     configure_app(embedded_settings)
     servers = EmbeddedCluster(embedded_settings)
     set_runtime(servers.start())
@@ -80,7 +65,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
     try:
         wait_port(port)
         yield {
-            "RIVEG_STORE": "s3",
+            "RIVEG_STORE_KIND": "s3",
             "RIVEG_S3_ENDPOINT": f"127.0.0.1:{port}",
             "RIVEG_S3_ACCESS_KEY": "testkey",
             "RIVEG_S3_SECRET_KEY": "testsecret123",

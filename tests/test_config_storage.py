@@ -2,41 +2,74 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
-from riveg.common.config import load_settings
-from riveg.common.storage import LocalObjectStore, ObjectNotFound, S3ObjectStore, open_store
+from riveg.core.config import load_settings, settings_env
+from riveg.core.storage import LocalObjectStore, ObjectNotFound, S3ObjectStore, open_store
 
 
 def test_env_beats_file_and_overrides_beat_env(tmp_path, monkeypatch) -> None:
     config = tmp_path / "riveg.toml"
-    config.write_text('vg_backend = "from-file"\nseg_backend = "from-file"\nknowledge = true\n')
+    config.write_text(
+        '[vg]\nbackend = "from-file"\n[seg]\nbackend = "from-file"\n'
+        '[pipeline]\nknowledge = true\n[s3]\nsecret_key = "file-secret"\n'
+    )
     monkeypatch.setenv("RIVEG_SEG_BACKEND", "from-env")
     settings = load_settings(str(config), mner_backend="explicit")
-    assert settings.vg_backend == "from-file"
-    assert settings.seg_backend == "from-env"
-    assert settings.mner_backend == "explicit"
-    assert settings.knowledge is True
+    assert settings.vg.backend == "from-file"
+    assert settings.vg.addr == "127.0.0.1:50054", "a section given in part keeps its defaults"
+    assert settings.seg.backend == "from-env"
+    assert settings.mner.backend == "explicit"
+    assert settings.pipeline.knowledge is True
+    assert settings.s3.secret_key.get_secret_value() == "file-secret"
 
 
-def test_empty_optional_paths_are_unset(tmp_path, monkeypatch) -> None:
+def test_credentials_are_secret(monkeypatch) -> None:
+    """No credential shows in a repr or a log line of the settings."""
+    monkeypatch.setenv("RIVEG_S3_SECRET_KEY", "s3-very-secret")
+    monkeypatch.setenv("RIVEG_LLM_API_KEY", "sk-very-secret")
+    settings = load_settings()
+    assert "very-secret" not in repr(settings)
+    assert settings.llm.api_key.get_secret_value() == "sk-very-secret"
+
+
+def test_settings_env_rebuilds_the_same_settings(tmp_path, monkeypatch) -> None:
+    """What `riveg up` hands its children: the same settings, flags and file included."""
+    config = tmp_path / "riveg.toml"
+    config.write_text('[vg]\nmodel = "owlv2@2"\n[llm]\napi_key = "sk-1"\n')
+    settings = load_settings(config, broker_url="amqp://x", models_torch_threads=3)
+    for name in [n for n in os.environ if n.startswith("RIVEG_")]:
+        monkeypatch.delenv(name)
+    for name, value in settings_env(settings).items():
+        monkeypatch.setenv(name, value)
+    assert load_settings() == settings
+
+
+def test_unknown_flat_setting_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown setting 'colour_depth'"):
+        load_settings(colour_depth=3)
+
+
+def test_empty_optional_values_are_unset(tmp_path, monkeypatch) -> None:
     """A ConfigMap may set RIVEG_MNER_MODEL= (empty) for the weights in the image."""
     monkeypatch.setenv("RIVEG_MNER_MODEL", "")
-    assert load_settings().mner_model is None
+    assert load_settings().mner.model is None
     monkeypatch.setenv("RIVEG_MNER_MODEL", str(tmp_path))
-    assert load_settings().mner_model == tmp_path
-    monkeypatch.setenv("RIVEG_MODEL_STORE_PATH", "")
-    assert load_settings().model_store_path is None
-    monkeypatch.setenv("RIVEG_MODEL_STORE_PATH", str(tmp_path))
-    assert load_settings().model_store_path == tmp_path
+    assert load_settings().mner.model == str(tmp_path)
+    monkeypatch.setenv("RIVEG_MODELS_STORE_PATH", "")
+    assert load_settings().models.store_path is None
+    monkeypatch.setenv("RIVEG_MODELS_STORE_PATH", str(tmp_path))
+    assert load_settings().models.store_path == tmp_path
 
 
 def test_store_defaults_follow_the_mode(monkeypatch) -> None:
-    monkeypatch.delenv("RIVEG_STORE", raising=False)
+    monkeypatch.delenv("RIVEG_STORE_KIND", raising=False)
     monkeypatch.delenv("RIVEG_BROKER_URL", raising=False)
-    assert load_settings().store == "local" and load_settings().embedded
+    assert load_settings().store.kind == "local" and load_settings().embedded
     distributed = load_settings(broker_url="amqp://guest:guest@127.0.0.1:5672//")
-    assert distributed.store == "s3" and not distributed.embedded
+    assert distributed.store.kind == "s3" and not distributed.embedded
 
 
 def test_missing_config_file_is_a_clear_error(tmp_path) -> None:
@@ -46,7 +79,7 @@ def test_missing_config_file_is_a_clear_error(tmp_path) -> None:
 
 def test_unknown_stage_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown stage"):
-        load_settings().stage_addr("ocr")
+        load_settings().stage("ocr")
 
 
 def _exercise(store) -> None:

@@ -21,14 +21,14 @@ from typing import Any
 import pytest
 import yaml
 
-from riveg import STAGES
-from riveg.common.config import DEFAULT_PORTS
+from riveg.core.stages import STAGE_TABLE, STAGES
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 DOCKERFILE = DEPLOY / "docker" / "Dockerfile"
 LOCK = DEPLOY / "docker" / "requirements.lock"
 OVERLAYS = ("dev", "gpu")
+DEFAULT_PORTS = {name: stage.port for name, stage in STAGE_TABLE.items()}
 SCALED = (*STAGES, "pipeline")  # Deployments driven by an autoscaler, named riveg-<x>
 K8S_VERSIONS = ("1.29.0", "1.33.0")  # oldest with native sidecars on by default; a recent one
 SECRETS = {"riveg-broker", "riveg-store"}
@@ -350,9 +350,9 @@ def test_data_services(objs: list[Obj]) -> None:
         assert "readinessProbe" in container and "livenessProbe" in container, name
         _one(objs, "Service", name)
     config = _one(objs, "ConfigMap", _config_map_name(objs, "riveg-config"))["data"]
-    assert config["RIVEG_STORE"] == "s3"
+    assert config["RIVEG_STORE_KIND"] == "s3"
     assert config["RIVEG_S3_ENDPOINT"] == "minio:9000"
-    assert config["RIVEG_RESULT_BACKEND"].startswith("redis://redis:6379/")
+    assert config["RIVEG_BROKER_RESULT_BACKEND"].startswith("redis://redis:6379/")
     assert config["RIVEG_LOG_FORMAT"] == "json"
     assert not {"RIVEG_BROKER_URL", "RIVEG_S3_ACCESS_KEY", "RIVEG_S3_SECRET_KEY"} & set(config)
 

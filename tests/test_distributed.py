@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from riveg.orchestration.launcher import port_open, spawn_up, stop_up
+from riveg.orchestration.launcher import port_open
 from riveg.orchestration.pipeline import submit_post
-from tests.conftest import SAMPLE_IMAGE, free_port
+from tests.conftest import SAMPLE_IMAGE
+from tests.support.processes import free_port, spawn_up, stop_up
 
 pytestmark = pytest.mark.integration
 
@@ -42,9 +43,9 @@ def distributed(tmp_path_factory: pytest.TempPathFactory):
     state = tmp_path_factory.mktemp("up")
     env = {k: v for k, v in os.environ.items() if not k.startswith("RIVEG_")}
     env.update({
-        "RIVEG_BROKER_URL": BROKER, "RIVEG_RESULT_BACKEND": REDIS,
-        "RIVEG_QUEUE_PREFIX": f"riveg-test-{uuid.uuid4().hex[:8]}",
-        "RIVEG_STORE": "s3", "RIVEG_S3_ENDPOINT": f"127.0.0.1:{free_port()}",
+        "RIVEG_BROKER_URL": BROKER, "RIVEG_BROKER_RESULT_BACKEND": REDIS,
+        "RIVEG_BROKER_QUEUE_PREFIX": f"riveg-test-{uuid.uuid4().hex[:8]}",
+        "RIVEG_STORE_KIND": "s3", "RIVEG_S3_ENDPOINT": f"127.0.0.1:{free_port()}",
         "RIVEG_S3_BUCKET": "riveg-it", "RIVEG_LOG_FORMAT": "json",
         **{f"RIVEG_{s.upper()}_ADDR": f"127.0.0.1:{free_port()}"
            for s in ("llm", "mner", "ve", "vg", "seg")},

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from riveg.cli import main
-from riveg.common.images import mask_to_rle
+from riveg.core.images import mask_to_rle
 from riveg.data.conll import shared_datasets_dir
 from riveg.data.gmner import GroundedPost, read_gmner
 from riveg.evaluation import gmner

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from riveg.cli import main
-from riveg.common.images import mask_to_rle
+from riveg.core.images import mask_to_rle
 from riveg.data.conll import Post
 from riveg.data.gmner import ImageBoxes, ground_post, read_voc_xml
 from riveg.evaluation import gmner

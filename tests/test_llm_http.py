@@ -18,15 +18,16 @@ from typing import Any
 import grpc
 import pytest
 
-from riveg.common.config import load_settings
-from riveg.common.messages import image_ref
-from riveg.common.rpc import StageCallError, StageServer
-from riveg.common.storage import LocalObjectStore
-from riveg.llm.cache import GenerationCache
-from riveg.llm.openai import LlmHttpError, OpenAIClient
-from riveg.orchestration.stages import connect
+from riveg.core.config import load_settings
+from riveg.core.storage import LocalObjectStore
+from riveg.serving.client import StageCallError
+from riveg.serving.messages import image_ref
+from riveg.serving.server import StageServer
+from riveg.serving.stages import connect
 from riveg.v1 import common_pb2, llm_pb2
 from services.llm.backends import create_backend
+from services.llm.cache import GenerationCache
+from services.llm.openai import LlmHttpError, OpenAIClient
 
 Behaviour = Callable[[str, dict[str, Any], int], tuple[int, dict[str, str], bytes]]
 
@@ -111,7 +112,7 @@ def _settings(fake: FakeOpenAI, tmp_path: Path, **extra: Any):
         "llm_api_model": "test-model",
         "llm_api_retries": 2,
         "llm_api_timeout_s": 5.0,
-        "store": "local",
+        "store_kind": "local",
         "store_path": tmp_path / "store",
         **extra,
     }
@@ -131,7 +132,7 @@ def test_completions_flavour_sends_greedy_request_with_key_and_cuts_at_newline(f
     path, body, headers = fake.requests[0]
     assert path == "/v1/completions"
     assert body["model"] == "test-model" and body["temperature"] == 0.0
-    assert body["stop"] == ["\n"] and body["max_tokens"] == settings.llm_max_new_tokens
+    assert body["stop"] == ["\n"] and body["max_tokens"] == settings.llm.max_new_tokens
     assert body["prompt"].endswith("Question: Briefly, what is the NASA in the Text?\nAnswer:")
     assert headers["Authorization"] == "Bearer sk-test-123"
     assert backend.model == "test-model@completions"
@@ -244,11 +245,11 @@ def test_a_repeated_post_is_answered_from_the_cache(fake, tmp_path):
 
 @pytest.fixture
 def llm_server(fake, tmp_path) -> Iterator[tuple[Any, LocalObjectStore]]:
-    from services.llm.server import build_spec
+    from riveg.serving.stages import build_stage
 
     settings = _settings(fake, tmp_path, llm_vision_model="test-vision")
-    store = LocalObjectStore(settings.store_path)
-    server = StageServer(build_spec(settings, store), settings)
+    store = LocalObjectStore(settings.store.path)
+    server = StageServer(build_stage("llm", settings, store), settings)
     port = server.start(port=0, host="127.0.0.1")
     client = connect("llm", settings, f"127.0.0.1:{port}")
     yield client, store
@@ -286,7 +287,7 @@ def _riveg(fake: FakeOpenAI, tmp_path: Path, *args: str) -> subprocess.Completed
         "RIVEG_LLM_API_BASE": fake.url,
         "RIVEG_LLM_API_MODEL": "test-model",
         "RIVEG_LLM_API_RETRIES": "1",
-        "RIVEG_STORE": "local",
+        "RIVEG_STORE_KIND": "local",
         "RIVEG_STORE_PATH": str(tmp_path / "cli-store"),
     }
     command = [sys.executable, "-m", "riveg.cli", "llm", *args]

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from riveg.common.config import load_settings
+from riveg.core.config import load_settings
 from riveg.data.conll import shared_datasets_dir
-from riveg.llm.replay import ReplayIndex, ReplayMiss, knowledge_files, normalise_text
 from services.llm.backends import create_backend
+from services.llm.replay import ReplayIndex, ReplayMiss, knowledge_files, normalise_text
 
 GMNER_DEV = shared_datasets_dir() / "twitter_gmner" / "knowledge_chatgpt" / "dev.txt"
 needs_data = pytest.mark.skipif(
@@ -38,7 +38,7 @@ def test_lookup_by_normalised_text_and_a_clear_miss(tmp_path: Path) -> None:
 
 @needs_data
 def test_gmner_dev_posts_replay_their_released_knowledge() -> None:
-    from riveg.mner.data import load_split
+    from services.mner.data import load_split
 
     index = ReplayIndex(knowledge_files())
     posts = load_split("twitter_gmner", "dev")[:200]
@@ -49,7 +49,7 @@ def test_gmner_dev_posts_replay_their_released_knowledge() -> None:
 def test_replay_backend_answers_knowledge_and_refuses_expansion() -> None:
     backend = create_backend("replay", load_settings())
     backend.load()
-    from riveg.mner.data import load_split
+    from services.mner.data import load_split
 
     post = load_split("twitter_gmner", "dev")[0]
     assert backend.knowledge(post.text) == " ".join(post.knowledge)

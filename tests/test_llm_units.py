@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from riveg.common.config import load_settings
-from riveg.common.storage import LocalObjectStore
+from riveg.core.config import load_settings
+from riveg.core.storage import LocalObjectStore
 from riveg.data.conll import shared_datasets_dir
-from riveg.llm.cache import GenerationCache, request_hash
-from riveg.llm.describe import CaptionIndex, DetectorDescriber, people_phrase
 from riveg.sample import SAMPLE_IMAGE
 from services.llm.backends import LlmRouter, clean_description, create_backend, referring_expression
+from services.llm.cache import GenerationCache, request_hash
+from services.llm.describe import CaptionIndex, DetectorDescriber, people_phrase
 
 ANNOTATIONS = shared_datasets_dir() / "twitter2017" / "manual_annotations" / "2017train.txt"
 GMNER_CAPTIONS = shared_datasets_dir() / "twitter_gmner" / "captions_mplug_owl" / "dev.txt"

@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 
 from riveg.data.conll import shared_datasets_dir
-from riveg.mner.data import (
+from services.mner.data import (
     LABEL_IDS,
     load_split,
     read_captions_mplug,
@@ -69,7 +69,7 @@ def _bag_of_words(texts: list[str]) -> torch.Tensor:
 
 @needs_data
 def test_msea_selects_nearest_and_caches(tmp_path: Path) -> None:
-    from riveg.mner.msea import ExampleSelector, format_examples
+    from services.mner.msea import ExampleSelector, format_examples
 
     examples = read_examples("twitter2017")[:40]
     cache = tmp_path / "pool.pt"
@@ -94,7 +94,7 @@ def test_msea_selects_nearest_and_caches(tmp_path: Path) -> None:
 
 @needs_data
 def test_msea_minilm_sentence_embeddings() -> None:
-    from riveg.mner.msea import ExampleSelector, SentenceEmbedder
+    from services.mner.msea import ExampleSelector, SentenceEmbedder
 
     embedder = SentenceEmbedder()
     examples = read_examples("twitter2017")[:12]
@@ -108,8 +108,8 @@ def test_msea_minilm_sentence_embeddings() -> None:
 @needs_data
 def test_eval_cli_json_on_real_slice(tmp_path: Path) -> None:
     """``riveg mner eval --json`` with a tiny random model on 30 real dev posts."""
-    from riveg.mner.cli import mner_group
-    from riveg.mner.model import TaggerConfig, new_tagger, save_tagger
+    from services.mner.cli import mner_group
+    from services.mner.model import TaggerConfig, new_tagger, save_tagger
     from tests.test_mner_model import make_tiny_encoder
 
     data, knowledge = split_paths("twitter2017", "dev")

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from riveg.mner.hints import HINTS, description_type, listed_entities, word_hints
-from riveg.mner.model import TaggerConfig, load_tagger, new_tagger, save_tagger
-from riveg.mner.train import TrainOptions, train
+from services.mner.hints import HINTS, description_type, listed_entities, word_hints
+from services.mner.model import TaggerConfig, load_tagger, new_tagger, save_tagger
+from services.mner.train import TrainOptions, train
 from tests.test_mner_model import POSTS, make_tiny_encoder
 
 KNOWLEDGE = [
@@ -119,7 +119,7 @@ def test_average_of_two_models_is_their_mean(encoder_dir: Path, tmp_path: Path) 
     """`riveg mner average`: the soup's weights are the mean; wrong inputs fail clearly."""
     from click.testing import CliRunner
 
-    from riveg.mner.cli import mner_group
+    from services.mner.cli import mner_group
 
     folders = []
     for seed in (3, 4):

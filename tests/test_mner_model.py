@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from riveg.data.conll import Post
-from riveg.mner.data import LABEL_IDS, LABELS, case_shape, normalise_label, split_words
-from riveg.mner.model import TaggerConfig, WordEncoder, load_tagger, new_tagger, save_tagger
-from riveg.mner.train import TrainOptions, make_batches, train
+from services.mner.data import LABEL_IDS, LABELS, case_shape, normalise_label, split_words
+from services.mner.model import TaggerConfig, WordEncoder, load_tagger, new_tagger, save_tagger
+from services.mner.train import TrainOptions, make_batches, train
 
 _VOCAB = "ted cruz speaks for me in paris with obama at the nba game apple google new york rt love"
 WORDS = [
@@ -108,7 +108,7 @@ def test_truncation_keeps_words_aligned(encoder_dir: Path) -> None:
     words = ["ted", "cruz", "speaks", "for", "me", "in", "paris", "with", "obama"]
     encoded = encoder.encode(words, ["paris"] * 10)
     assert len(encoded["input_ids"]) <= 8 and len(encoded["first"]) == 5
-    from riveg.mner.evaluate import tag_words
+    from services.mner.evaluate import tag_words
 
     tags, conf = tag_words(tagger, encoder, [words], [["paris"] * 10])[0]
     assert len(tags) == len(words) == len(conf) and tags[-4:] == ["O"] * 4
@@ -211,9 +211,8 @@ def test_train_keeps_best_and_resumes(encoder_dir: Path, tmp_path: Path) -> None
 def test_crf_backend_character_spans(
     encoder_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from riveg.common.config import Settings
-    from services.mner.backends import MNER_BACKENDS
-    from services.mner.crf import CrfMnerBackend
+    from riveg.core.config import Settings
+    from services.mner.backends import MNER_BACKENDS, CrfMnerBackend
 
     tagger, encoder = new_tagger(encoder_dir, TaggerConfig())
     with torch.no_grad():  # force "B-PER" on every word: spans are then single words
@@ -247,8 +246,8 @@ def test_word_encoder_collate_pads(encoder_dir: Path) -> None:
 
 def test_shipped_default_weights() -> None:
     """The committed default model: fp16, under 50 MB, loads offline and finds the obvious."""
-    from riveg.mner.evaluate import tag_words
-    from riveg.mner.model import default_model_dir
+    from services.mner.evaluate import tag_words
+    from services.mner.model import default_model_dir
 
     folder = default_model_dir()
     if not (folder / "model.safetensors").is_file():
@@ -264,7 +263,7 @@ def test_shipped_default_weights() -> None:
 
 
 def test_cross_view_kl_pulls_only_the_student() -> None:
-    from riveg.mner.model import cross_view_kl
+    from services.mner.model import cross_view_kl
 
     teacher = torch.randn(2, 4, 9, requires_grad=True)
     mask = torch.tensor([[True] * 4, [True, True, False, False]])
@@ -278,8 +277,8 @@ def test_cross_view_kl_pulls_only_the_student() -> None:
 
 
 def test_aligned_loss_is_both_views_plus_kl(encoder_dir: Path, tmp_path: Path) -> None:
-    from riveg.mner.model import cross_view_kl
-    from riveg.mner.train import aligned_loss
+    from services.mner.model import cross_view_kl
+    from services.mner.train import aligned_loss
 
     tagger, encoder = new_tagger(encoder_dir, TaggerConfig(hints=True))
     tagger.eval()  # no dropout: the parts can be recomputed exactly

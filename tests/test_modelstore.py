@@ -9,12 +9,13 @@ from pathlib import Path
 import grpc
 import pytest
 
-from riveg.common.config import load_settings
-from riveg.common.messages import entity_to_proto, image_ref
-from riveg.common.rpc import StageClient, StageServer
-from riveg.common.storage import LocalObjectStore, open_store
-from riveg.modelstore import ModelRef, ModelStore, open_model_store, parse_model_ref
-from riveg.modelstore.manager import ModelManager
+from riveg.core.config import load_settings
+from riveg.core.storage import LocalObjectStore, open_store
+from riveg.serving.client import StageClient
+from riveg.serving.manager import ModelManager
+from riveg.serving.messages import entity_to_proto, image_ref
+from riveg.serving.modelstore import ModelRef, ModelStore, open_model_store, parse_model_ref
+from riveg.serving.server import StageServer
 from riveg.v1 import common_pb2, vg_pb2, vg_pb2_grpc
 from tests.conftest import SAMPLE_TEXT
 
@@ -23,7 +24,7 @@ pytest.importorskip("transformers", reason="the tiny OWLv2 test models need tran
 
 @pytest.fixture(scope="module")
 def tiny_owl(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from riveg.vision.tiny import save_tiny_owl
+    from tests.support.tiny import save_tiny_owl
 
     return save_tiny_owl(tmp_path_factory.mktemp("owl"))
 
@@ -50,7 +51,7 @@ def test_publish_list_and_fetch_in_the_object_store(tmp_path: Path, tiny_owl: Pa
 
 def test_s3_versions_are_downloaded_once_into_the_cache(s3_server, tmp_path, tiny_owl) -> None:
     settings = load_settings(
-        store="s3",
+        store_kind="s3",
         s3_endpoint=s3_server["RIVEG_S3_ENDPOINT"],
         s3_access_key=s3_server["RIVEG_S3_ACCESS_KEY"],
         s3_secret_key=s3_server["RIVEG_S3_SECRET_KEY"],
@@ -72,12 +73,12 @@ def test_configured_model_and_clear_errors(tmp_path: Path, tiny_owl: Path) -> No
     ModelStore(LocalObjectStore(root), tmp_path / "cache", prefix="").publish(
         "vg", ModelRef("owlv2", "1"), tiny_owl, backend="owl"
     )
-    settings = load_settings(model_store_path=root, vg_model="owlv2@1")
+    settings = load_settings(models_store_path=root, vg_model="owlv2@1")
     manager = ModelManager.from_settings("vg", VG_BACKENDS, settings)
     assert manager.current.model == "owlv2@1" and manager.backend_name == "owl"
     builtin = ModelManager.from_settings("vg", VG_BACKENDS, load_settings(vg_model="person@1"))
     assert builtin.current.model == "person@1" and builtin.current.model_dir is None
-    unset = ModelManager.from_settings("vg", VG_BACKENDS, load_settings(model_store_path=root))
+    unset = ModelManager.from_settings("vg", VG_BACKENDS, load_settings(models_store_path=root))
     assert unset.current.model == "mediapipe-person-vg@0.10.21"  # as before the model store
     with pytest.raises(ValueError, match="neither in the model store"):
         ModelManager.from_settings("vg", VG_BACKENDS, load_settings(vg_model="nothing@1"))
@@ -87,18 +88,21 @@ def test_hot_swap_under_streaming_calls_fails_no_call(tmp_path: Path, tiny_owl, 
     """Eight client threads call Ground without pause while the admin RPC swaps owlv2@1 ->
     owlv2@2: no call fails, every response names one whole model, and after the swap only the
     new version answers. Then rollback and List."""
-    from services.vg.server import build_spec
+    from riveg.serving.stages import build_stage
 
     root = tmp_path / "models"
     models = ModelStore(LocalObjectStore(root), tmp_path / "cache", prefix="")
     for version in ("1", "2"):
         models.publish("vg", ModelRef("owlv2", version), tiny_owl, backend="owl")
     settings = load_settings(
-        store="local", store_path=tmp_path / "store", model_store_path=root, vg_model="owlv2@1"
+        store_kind="local",
+        store_path=tmp_path / "store",
+        models_store_path=root,
+        vg_model="owlv2@1",
     )
     store = open_store(settings)
     key = store.put_bytes("images/swap", sample_bytes)
-    server = StageServer(build_spec(settings, store), settings)
+    server = StageServer(build_stage("vg", settings, store), settings)
     port = server.start(port=0, host="127.0.0.1")
     client = StageClient("vg", f"127.0.0.1:{port}", vg_pb2_grpc.VgServiceStub, settings)
     start = SAMPLE_TEXT.index("Eileen Collins")
@@ -165,8 +169,8 @@ def test_publish_and_list_from_the_command_line(tmp_path: Path, tiny_owl: Path) 
     import subprocess
     import sys
 
-    env = {**os.environ, "RIVEG_MODEL_STORE_PATH": str(tmp_path / "models")}
-    command = [sys.executable, "-m", "riveg.modelstore"]
+    env = {**os.environ, "RIVEG_MODELS_STORE_PATH": str(tmp_path / "models")}
+    command = [sys.executable, "-m", "riveg.cli", "models"]
     done = subprocess.run(
         [*command, "publish", "vg", "owlv2@3", str(tiny_owl), "--backend", "owl", "--json"],
         capture_output=True, text=True, env=env, timeout=60,

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from riveg.common.backend import InvalidInput
-from riveg.common.images import rle_to_mask
+from riveg.core.errors import InvalidInput
+from riveg.core.images import rle_to_mask
 from riveg.orchestration.pipeline import STEPS, submit_post
 from riveg.orchestration.tasks import PostError
 from tests.conftest import SAMPLE_IMAGE, SAMPLE_TEXT
@@ -172,7 +172,7 @@ def test_image_id_reaches_the_describe_call(monkeypatch: pytest.MonkeyPatch) -> 
     state: dict = {}
     monkeypatch.setattr(pipeline, "build_chain", lambda s, knowledge: state.update(s) or _Done())
     store = SimpleNamespace(put_bytes=lambda key, data: key)
-    settings = SimpleNamespace(knowledge=True, embedded=True)
+    settings = SimpleNamespace(pipeline=SimpleNamespace(knowledge=True), embedded=True)
     pipeline.submit_post(SimpleNamespace(store=store, settings=settings), "Obama", b"x", "p",
                          image_id="16_05_01_6")  # fmt: skip
     assert state["image_id"] == "16_05_01_6"

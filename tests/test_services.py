@@ -17,20 +17,16 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from riveg.common.images import mask_to_rle, rle_to_mask
-from riveg.common.messages import box_to_proto, entity_to_proto, image_ref
-from riveg.common.rpc import StageCallError
-from riveg.orchestration.stages import STUBS, connect
+from riveg.core.images import mask_to_rle, rle_to_mask
+from riveg.core.stages import STAGE_TABLE, STAGES
+from riveg.serving.client import StageCallError
+from riveg.serving.messages import box_to_proto, entity_to_proto, image_ref
+from riveg.serving.stages import connect, servicer_class, stub_class
 from riveg.v1 import common_pb2, llm_pb2, mner_pb2, seg_pb2, ve_pb2, vg_pb2
-from tests.conftest import SAMPLE_TEXT, free_port
+from tests.conftest import SAMPLE_TEXT
+from tests.support.processes import free_port
 
-SERVICE_NAMES = {
-    "llm": "riveg.v1.LlmService",
-    "mner": "riveg.v1.MnerService",
-    "ve": "riveg.v1.VeService",
-    "vg": "riveg.v1.VgService",
-    "seg": "riveg.v1.SegService",
-}
+SERVICE_NAMES = {name: stage.service_name for name, stage in STAGE_TABLE.items()}
 FACE_CENTRE = (225, 120)  # the astronaut's face in samples/astronaut.jpg (512 x 512)
 
 
@@ -194,27 +190,33 @@ def test_rle_round_trip() -> None:
 
 
 def test_message_size_is_capped(cluster) -> None:
-    huge = "x" * (cluster.settings.grpc_max_message_mb * 1024 * 1024 + 10)
+    huge = "x" * (cluster.settings.grpc.max_message_mb * 1024 * 1024 + 10)
     with pytest.raises(StageCallError) as error:
         cluster.client("mner").call("Recognize", mner_pb2.RecognizeRequest(text=huge))
     assert error.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
-def test_stubs_cover_every_stage() -> None:
-    assert set(STUBS) == set(SERVICE_NAMES)
+@pytest.mark.parametrize("stage", STAGES)
+def test_registry_resolves_every_stage(stage: str) -> None:
+    """Each declared stage resolves to its generated stub and to a servicer of its own folder
+    that serves the declared proto service."""
+    assert stub_class(stage).__name__ == f"{STAGE_TABLE[stage].service}Stub"
+    servicer = servicer_class(stage)
+    assert servicer.__module__ == f"services.{stage}.server" and servicer.stage == stage
+    assert any(base.__name__ == f"{STAGE_TABLE[stage].service}Servicer" for base in servicer.mro())
 
 
 def test_sigterm_drains_in_flight_calls_and_logs_the_job_id(tmp_path: Path, sample_bytes) -> None:
     """A real `riveg serve seg` process: SIGTERM while a call runs; the call still succeeds."""
-    from riveg.common.config import load_settings
-    from riveg.common.storage import LocalObjectStore
+    from riveg.core.config import load_settings
+    from riveg.core.storage import LocalObjectStore
 
     store_path = tmp_path / "store"
     LocalObjectStore(store_path).put_bytes("images/big", sample_bytes)
     port = free_port()
-    env = {**os.environ, "RIVEG_STORE": "local", "RIVEG_STORE_PATH": str(store_path),
+    env = {**os.environ, "RIVEG_STORE_KIND": "local", "RIVEG_STORE_PATH": str(store_path),
            "RIVEG_SEG_ADDR": f"127.0.0.1:{port}", "RIVEG_LOG_FORMAT": "json",
-           "RIVEG_SHUTDOWN_GRACE_S": "120"}  # fmt: skip
+           "RIVEG_GRPC_SHUTDOWN_GRACE_S": "120"}  # fmt: skip
     riveg = str(Path(sys.executable).parent / "riveg")
     process = subprocess.Popen([riveg, "serve", "seg"], env=env, stderr=subprocess.PIPE, text=True)
     settings = load_settings(seg_addr=f"127.0.0.1:{port}")

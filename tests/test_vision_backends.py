@@ -10,11 +10,11 @@ import pytest
 
 pytest.importorskip("transformers", reason="the transformers backends need transformers")
 
-from riveg.common.config import load_settings
-from riveg.common.storage import LocalObjectStore
-from riveg.modelstore import ModelRef, ModelStore
-from riveg.modelstore.manager import ModelManager, warm
-from riveg.vision import tiny
+from riveg.core.config import load_settings
+from riveg.core.storage import LocalObjectStore
+from riveg.serving.manager import ModelManager, warm
+from riveg.serving.modelstore import ModelRef, ModelStore
+from tests.support import tiny
 
 IMAGE = np.random.default_rng(0).integers(0, 255, (100, 200, 3), dtype=np.uint8)  # h=100, w=200
 ENTITIES = [
@@ -31,7 +31,7 @@ def _served(tmp_path: Path, stage: str, registry, folder: Path, backend: str):
     ModelStore(LocalObjectStore(root), tmp_path / "cache", prefix="").publish(
         stage, ModelRef("tiny", "1"), folder, backend=backend
     )
-    settings = load_settings(model_store_path=root, **{f"{stage}_model": "tiny@1"})
+    settings = load_settings(models_store_path=root, **{f"{stage}_model": "tiny@1"})
     manager = ModelManager.from_settings(stage, registry, settings)
     warm(manager.current)
     assert manager.current.model == "tiny@1" and manager.backend_name == backend
@@ -78,7 +78,7 @@ def test_owl_boxes_are_original_image_pixels(tmp_path: Path, v2: bool, expected)
 
 
 def test_grounding_dino_scores_each_phrase_and_maps_boxes(tmp_path: Path) -> None:
-    from riveg.ve.groundability import minilm_path
+    from services.ve.groundability import minilm_path
     from services.vg.backends import VG_BACKENDS
 
     folder = tiny.save_tiny_grounding_dino(tmp_path / "m", minilm_path())
@@ -150,8 +150,8 @@ def test_backends_without_weights_say_what_to_set() -> None:
 def test_itm_head_matches_every_expression_against_one_image_encoding(tmp_path: Path) -> None:
     import torch
 
-    from riveg.ve.groundability import minilm_path
     from services.ve.backends import VE_BACKENDS
+    from services.ve.groundability import minilm_path
 
     folder = tiny.save_tiny_blip_itm(tmp_path / "m", minilm_path())
     backend = _served(tmp_path, "ve", VE_BACKENDS, folder, "itm")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from riveg.data.conll import shared_datasets_dir
-from riveg.ve.groundability import WEIGHTS, GroundabilityModel, scores
+from services.ve.groundability import WEIGHTS, GroundabilityModel, scores
 from tests.conftest import SAMPLE_TEXT
 
 GMNER = shared_datasets_dir() / "twitter_gmner"
@@ -72,8 +72,8 @@ def test_ve_eval_cli_refuses_a_missing_file(tmp_path: Path) -> None:
 
 
 def test_groundability_backend_combines_text_and_the_person_detector(sample_bytes) -> None:
-    from riveg.common.config import load_settings
-    from riveg.common.images import image_array
+    from riveg.core.config import load_settings
+    from riveg.core.images import image_array
     from services.ve.backends import VE_BACKENDS
 
     backend = VE_BACKENDS.create("groundability", load_settings())

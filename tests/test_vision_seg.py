@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from riveg.common.config import load_settings
-from riveg.common.images import image_array
+from riveg.core.config import load_settings
+from riveg.core.images import image_array
 
 FACE = (120, 225)  # (row, column) of the astronaut's face in samples/astronaut.jpg
 

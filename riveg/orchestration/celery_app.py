@@ -1,71 +1,96 @@
-"""The Celery app: JSON only, one queue per stage, results in the result backend.
+"""The Celery app: JSON only, one queue per stage, results in the result backend, task events on.
 
-Embedded mode runs tasks eagerly in this process (in-memory broker and backend); distributed mode
-uses ``RIVEG_BROKER_URL`` (RabbitMQ) and ``RIVEG_RESULT_BACKEND`` (Redis).
+This module configures the app from ``RIVEG_*`` when it is imported, so the module that
+``celery -A riveg.orchestration.celery_app`` loads already has the broker, result backend,
+routes and serializers: ``celery -A riveg.orchestration.celery_app inspect ping``, ``result``,
+``events`` and Flower work without extra flags. A command that built its own settings (flags, a
+TOML file) calls :func:`configure_app` with them. Without a broker (embedded mode) tasks run
+eagerly in this process.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery
 
-from riveg import STAGES
-from riveg.common.config import Settings, get_settings
+from riveg.core.config import Settings, get_settings
+from riveg.core.stages import PIPELINE_QUEUE
 
-QUEUE_NAMES: tuple[str, ...] = (*STAGES, "pipeline")
-
-# Task name -> queue name. Each stage's tasks go to that stage's queue so its workers scale alone.
-ROUTES: dict[str, str] = {
-    "riveg.store": "pipeline",
-    "riveg.knowledge": "llm",
-    "riveg.mner": "mner",
-    "riveg.expand": "llm",
-    "riveg.ve": "ve",
-    "riveg.vg": "vg",
-    "riveg.seg": "seg",
-    "riveg.assemble": "pipeline",
+STEP_QUEUES: dict[str, str] = {
+    "store": PIPELINE_QUEUE,
+    "knowledge": "llm",
+    "mner": "mner",
+    "expand": "llm",
+    "ve": "ve",
+    "vg": "vg",
+    "seg": "seg",
+    "assemble": PIPELINE_QUEUE,
 }
+"""Pipeline step -> queue: each stage's steps run on its queue, so its workers scale alone."""
+STEPS: tuple[str, ...] = tuple(STEP_QUEUES)
+"""The steps of one post, in order (knowledge only when enabled)."""
+
+
+def task_name(step: str) -> str:
+    """The Celery task name of a step: ``riveg.<step>``."""
+    return f"riveg.{step}"
 
 
 def queue_name(settings: Settings, name: str) -> str:
     """The broker queue of a stage (or "pipeline"): ``<queue_prefix>.<name>``."""
-    return f"{settings.queue_prefix}.{name}"
+    return f"{settings.broker.queue_prefix}.{name}"
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """The Celery configuration for these settings (distributed with a broker, else eager)."""
+    config: dict[str, Any] = {
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "task_routes": {
+            task_name(step): {"queue": queue_name(settings, queue)}
+            for step, queue in STEP_QUEUES.items()
+        },
+        "task_default_queue": queue_name(settings, PIPELINE_QUEUE),
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_time_limit": settings.pipeline.task_time_limit_s,
+        "task_track_started": True,
+        "task_send_sent_event": True,
+        "worker_send_task_events": True,
+        "worker_prefetch_multiplier": 1,
+        "result_expires": 86400,
+        "result_extended": True,
+        "broker_connection_retry_on_startup": True,
+        "worker_hijack_root_logger": False,
+    }
+    if settings.embedded:
+        config.update(
+            broker_url="memory://",
+            result_backend="cache+memory://",
+            task_always_eager=True,
+            task_eager_propagates=True,
+            task_store_eager_result=False,
+        )
+    else:
+        config.update(
+            broker_url=settings.broker.url,
+            result_backend=settings.broker.result_backend,
+            task_always_eager=False,
+        )
+    return config
 
 
 app = Celery("riveg", include=["riveg.orchestration.tasks"])
 
 
 def configure_app(settings: Settings | None = None) -> Celery:
-    """Configure the app for the settings' mode and return it."""
+    """Configure the app for the settings (default: from the environment) and return it."""
     settings = settings or get_settings()
-    common = {
-        "task_serializer": "json",
-        "result_serializer": "json",
-        "accept_content": ["json"],
-        "result_accept_content": ["json"],
-        "task_routes": {task: {"queue": queue_name(settings, q)} for task, q in ROUTES.items()},
-        "task_default_queue": queue_name(settings, "pipeline"),
-        "task_acks_late": True,
-        "task_reject_on_worker_lost": True,
-        "task_time_limit": settings.task_time_limit_s,
-        "worker_prefetch_multiplier": 1,
-        "result_expires": 86400,
-        "broker_connection_retry_on_startup": True,
-        "worker_hijack_root_logger": False,
-    }
-    if settings.embedded:
-        app.conf.update(
-            broker_url="memory://",
-            result_backend="cache+memory://",
-            task_always_eager=True,
-            task_eager_propagates=True,
-            task_store_eager_result=False,
-            **common,
-        )
-    else:
-        app.conf.update(
-            broker_url=settings.broker_url,
-            result_backend=settings.result_backend,
-            task_always_eager=False,
-            **common,
-        )
+    app.conf.update(celery_config(settings))
     return app
+
+
+configure_app()

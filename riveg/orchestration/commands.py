@@ -11,16 +11,24 @@ from pathlib import Path
 from typing import Any
 
 import click
+from tqdm import tqdm
 
-from riveg import STAGES
-from riveg.common.config import Settings, load_settings
-from riveg.common.logging import configure_logging, get_logger
+from riveg.core.cli import cli_settings, config_option
+from riveg.core.config import Settings
+from riveg.core.errors import InvalidInput
+from riveg.core.images import decode_image
+from riveg.core.logging import get_logger
+from riveg.core.stages import QUEUES, STAGES
+from riveg.core.storage import open_store
+from riveg.orchestration.celery_app import configure_app, queue_name
+from riveg.orchestration.overlay import render_overlay
+from riveg.orchestration.pipeline import submit_post
+from riveg.orchestration.runtime import EmbeddedCluster, Runtime, set_runtime
+from riveg.orchestration.tasks import PostError
+from riveg.serving.server import StageServer
+from riveg.serving.stages import build_stage
 
 log = get_logger("riveg.cli")
-
-config_option = click.option(
-    "--config", "config_file", type=click.Path(dir_okay=False), help="TOML settings file."
-)
 knowledge_option = click.option(
     "--knowledge/--no-knowledge", default=None, help="Run the LLM knowledge step."
 )
@@ -31,22 +39,9 @@ broker_option = click.option(
 )
 
 
-def cli_settings(config_file: str | None, **overrides: Any) -> Settings:
-    """Settings for a command, with logging configured from them."""
-    try:
-        settings = load_settings(config_file, **overrides)
-    except (OSError, ValueError) as exc:
-        raise click.ClickException(f"bad configuration: {exc}") from exc
-    configure_logging(settings.log_level, settings.log_format)
-    return settings
-
-
 @contextmanager
 def pipeline_runtime(settings: Settings) -> Iterator[Any]:
     """The runtime posts are submitted through: an in-process cluster (embedded) or a broker."""
-    from riveg.orchestration.celery_app import configure_app
-    from riveg.orchestration.runtime import EmbeddedCluster, Runtime, set_runtime
-
     configure_app(settings)
     if settings.embedded:
         cluster = EmbeddedCluster(settings)
@@ -59,8 +54,6 @@ def pipeline_runtime(settings: Settings) -> Iterator[Any]:
             cluster.stop()
             set_runtime(None)
     else:
-        from riveg.common.storage import open_store
-
         runtime = Runtime(settings, open_store(settings))
         try:
             yield runtime
@@ -74,9 +67,6 @@ def _print_result(result: dict[str, Any], as_json: bool) -> None:
 
 def write_overlay(result: dict[str, Any], image_bytes: bytes, out_dir: Path) -> Path:
     """Write <id>.json and <id>.png (the overlay) into out_dir; return the PNG's path."""
-    from riveg.common.images import decode_image
-    from riveg.orchestration.overlay import render_overlay
-
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(result["id"]))
     (out_dir / f"{stem}.json").write_text(json.dumps(result, ensure_ascii=False, indent=2))
@@ -111,10 +101,6 @@ def analyze(
     config_file: str | None,
 ) -> None:
     """Find, type, ground and segment the named entities of one post."""
-    from riveg.common.backend import InvalidInput
-    from riveg.orchestration.pipeline import submit_post
-    from riveg.orchestration.tasks import PostError
-
     settings = cli_settings(config_file, broker_url=broker_url)
     image_bytes = Path(image_path).read_bytes()
     started = time.perf_counter()
@@ -205,8 +191,6 @@ def batch(
     """Analyze every post of INPUT_PATH (JSONL: {"id", "text", "image"}, optionally "image_id"
     for a released caption), resuming where it stopped. A post that fails gets {"id", "error"}
     in OUT; the others go on."""
-    from tqdm import tqdm
-
     settings = cli_settings(config_file, broker_url=broker_url)
     done = _done_ids(out_path)
     entries = list(_read_batch(input_path))
@@ -252,8 +236,6 @@ def _run_batch(
     record: Callable[[dict[str, Any]], None],
 ) -> None:
     """Submit posts (keeping at most ``window`` in flight) and record each outcome."""
-    from riveg.orchestration.pipeline import submit_post
-
     in_flight: list[tuple[str, Any, float]] = []
 
     def collect(block: bool) -> None:
@@ -299,10 +281,6 @@ def _outcome(post_id: str, submission: Any) -> dict[str, Any]:
 @config_option
 def serve(stage: str, port: int | None, config_file: str | None) -> None:
     """Run one stage's gRPC server until SIGTERM."""
-    from riveg.common.rpc import StageServer
-    from riveg.common.storage import open_store
-    from riveg.orchestration.stages import build_stage
-
     settings = cli_settings(config_file)
     server = StageServer(build_stage(stage, settings, open_store(settings)), settings)
     server.start(port=port)
@@ -310,7 +288,7 @@ def serve(stage: str, port: int | None, config_file: str | None) -> None:
 
 
 @click.command()
-@click.argument("queues", nargs=-1, required=True, type=click.Choice([*STAGES, "pipeline"]))
+@click.argument("queues", nargs=-1, required=True, type=click.Choice(QUEUES))
 @click.option("--concurrency", default=4, show_default=True, help="Worker threads.")
 @broker_option
 @config_option
@@ -318,16 +296,16 @@ def worker(
     queues: tuple[str, ...], concurrency: int, broker_url: str | None, config_file: str | None
 ) -> None:
     """Run a Celery worker consuming the given stage queues (<queue_prefix>.<queue>)."""
-    from riveg.orchestration.celery_app import configure_app, queue_name
-
     settings = cli_settings(config_file, broker_url=broker_url)
     if settings.embedded:
         raise click.ClickException("a worker needs a broker: set RIVEG_BROKER_URL or --broker")
     app = configure_app(settings)
+    # The tasks of this worker reach the store and the stage servers these settings name.
+    set_runtime(Runtime(settings, open_store(settings)))
     names = ",".join(queue_name(settings, q) for q in queues)
-    node = f"{settings.queue_prefix}-{'+'.join(queues)}@%h"
+    node = f"{settings.broker.queue_prefix}-{'+'.join(queues)}@%h"
     app.worker_main([
         "worker", "-Q", names, "-n", node, "--pool", "threads",
-        "-c", str(concurrency), "--loglevel", settings.log_level, "--without-gossip",
+        "-c", str(concurrency), "--loglevel", settings.log.level, "--without-gossip",
         "--without-mingle",
     ])  # fmt: skip

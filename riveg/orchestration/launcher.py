@@ -13,27 +13,21 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
 
-from riveg import STAGES
-from riveg.common.config import Settings
-from riveg.common.logging import get_logger
-from riveg.orchestration.commands import cli_settings, config_option
+from riveg.core.cli import cli_settings, config_option
+from riveg.core.config import Settings, settings_env
+from riveg.core.logging import get_logger
+from riveg.core.stages import QUEUES, STAGES
+from riveg.orchestration.celery_app import configure_app
+from riveg.serving.stages import connect
 
 log = get_logger("riveg.up")
 DEFAULT_BROKER = "amqp://guest:guest@127.0.0.1:5672//"
-
-
-def free_port() -> int:
-    """A loopback TCP port nobody listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
@@ -68,9 +62,9 @@ class Launcher:
 
     def start_s3_if_needed(self) -> None:
         """Run nanio for a loopback S3 endpoint that nobody serves yet."""
-        if self.settings.store != "s3":
+        if self.settings.store.kind != "s3":
             return
-        host, port = self.settings.s3_endpoint.rsplit(":", 1)
+        host, port = self.settings.s3.endpoint.rsplit(":", 1)
         if host not in ("127.0.0.1", "localhost") or port_open(host, int(port)):
             return
         data_dir = self.log_dir.parent / "s3-data"
@@ -79,15 +73,13 @@ class Launcher:
             "s3",
             [_bin("nanio"), "serve", "--host", host, "--port", port, "--data-dir", str(data_dir),
              "--no-access-log", "--log-level", "warning"],
-            {"NANIO_ACCESS_KEY": self.settings.s3_access_key,
-             "NANIO_SECRET_KEY": self.settings.s3_secret_key},
+            {"NANIO_ACCESS_KEY": self.settings.s3.access_key.get_secret_value(),
+             "NANIO_SECRET_KEY": self.settings.s3.secret_key.get_secret_value()},
         )  # fmt: skip
         self._wait(lambda: port_open(host, int(port)), 30, "the S3 server")
 
     def start_servers(self) -> None:
         """One `riveg serve STAGE` per stage; wait until each is SERVING."""
-        from riveg.orchestration.stages import connect
-
         for stage in STAGES:
             self.spawn(f"serve-{stage}", [_bin("riveg"), "serve", stage])
         for stage in STAGES:
@@ -100,9 +92,7 @@ class Launcher:
 
     def start_workers(self, concurrency: int) -> None:
         """One `riveg worker QUEUE` per queue; wait until all answer a ping."""
-        from riveg.orchestration.celery_app import configure_app
-
-        queues = [*STAGES, "pipeline"]
+        queues = QUEUES
         for queue in queues:
             self.spawn(f"worker-{queue}", [_bin("riveg"), "worker", queue, "--concurrency",
                                            str(concurrency)])  # fmt: skip
@@ -111,7 +101,8 @@ class Launcher:
         def all_answer() -> bool:
             self._check_alive()
             replies = app.control.ping(timeout=1.0) or []
-            mine = {n for r in replies for n in r if n.startswith(f"{self.settings.queue_prefix}-")}
+            prefix = f"{self.settings.broker.queue_prefix}-"
+            mine = {n for r in replies for n in r if n.startswith(prefix)}
             return len(mine) >= len(queues)
 
         self._wait(all_answer, 120, "the Celery workers")
@@ -185,10 +176,9 @@ def up(broker_url: str | None, concurrency: int, state_dir: Path, config_file: s
     settings = cli_settings(config_file, broker_url=broker)
     log_dir = state_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "RIVEG_BROKER_URL": broker, "RIVEG_STORE": str(settings.store),
-           "PYTHONUNBUFFERED": "1"}  # fmt: skip
-    if config_file:
-        env["RIVEG_CONFIG"] = str(Path(config_file).resolve())
+    # Every child gets this command's settings (flags and --config included) as RIVEG_*.
+    env = {**os.environ, **settings_env(settings), "PYTHONUNBUFFERED": "1"}
+    env.pop("RIVEG_CONFIG", None)
     launcher = Launcher(settings, log_dir, env)
     started = time.perf_counter()
     try:
@@ -196,8 +186,8 @@ def up(broker_url: str | None, concurrency: int, state_dir: Path, config_file: s
         launcher.start_servers()
         launcher.start_workers(concurrency)
         click.echo(json.dumps({
-            "ready": True, "broker": broker, "store": settings.store,
-            "servers": {s: settings.stage_addr(s) for s in STAGES},
+            "ready": True, "broker": broker, "store": settings.store.kind,
+            "servers": {s: settings.stage(s).addr for s in STAGES},
             "processes": {n: c.pid for n, c in launcher.children.items()},
             "logs": str(log_dir), "startup_s": round(time.perf_counter() - started, 1),
         }))  # fmt: skip
@@ -205,43 +195,3 @@ def up(broker_url: str | None, concurrency: int, state_dir: Path, config_file: s
         launcher.watch()
     finally:
         launcher.stop()
-
-
-def spawn_up(
-    env: dict[str, str], state_dir: Path, concurrency: int = 2, timeout: float = 600.0
-) -> tuple[subprocess.Popen, dict]:
-    """Run `riveg up` in the background with the given environment; return the process and its
-    ready report once every part is up (RuntimeError, with the logs' tails, otherwise)."""
-    process = subprocess.Popen(
-        [_bin("riveg"), "up", "--state-dir", str(state_dir), "--concurrency", str(concurrency)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        start_new_session=True,
-    )  # fmt: skip
-    ready: dict = {}
-
-    def read() -> None:
-        for line in process.stdout or []:
-            if line.startswith("{"):
-                ready.update(json.loads(line))
-
-    threading.Thread(target=read, daemon=True).start()
-    deadline = time.monotonic() + timeout
-    while not ready and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.5)
-    if not ready:
-        process.kill()
-        logs = "\n".join(
-            f"== {p.name}\n{p.read_text()[-1500:]}" for p in (state_dir / "logs").glob("*.log")
-        )
-        raise RuntimeError(f"riveg up did not become ready (exit {process.poll()}):\n{logs}")
-    return process, ready
-
-
-def stop_up(process: subprocess.Popen, timeout: float = 60.0) -> None:
-    """SIGTERM a `riveg up` started by spawn_up and wait; kill its process group if it hangs."""
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        raise

@@ -9,16 +9,17 @@ from typing import Any
 from celery import chain
 from celery.result import AsyncResult
 
-from riveg.common.backend import InvalidInput
-from riveg.orchestration import tasks
+from riveg.core.errors import InvalidInput
+from riveg.orchestration.celery_app import STEPS
 from riveg.orchestration.runtime import Runtime
+from riveg.orchestration.tasks import TASKS, PostError
 
-STEPS = ("store", "knowledge", "mner", "expand", "ve", "vg", "seg", "assemble")
+__all__ = ["STEPS", "Submission", "build_chain", "submit_post"]
 
 
 def build_chain(state: dict[str, Any], knowledge: bool = False) -> chain:
     """store -> (knowledge) -> mner -> expand -> ve -> vg -> seg -> assemble, for one post."""
-    steps = [getattr(tasks, name) for name in STEPS if knowledge or name != "knowledge"]
+    steps = [TASKS[name] for name in STEPS if knowledge or name != "knowledge"]
     return chain(steps[0].s(state), *(step.s() for step in steps[1:]))
 
 
@@ -31,7 +32,7 @@ class Submission:
     result: AsyncResult | Any
 
     def get(self, timeout: float | None = None) -> dict[str, Any]:
-        """The post's result; raises the failing step's error (e.g. tasks.PostError)."""
+        """The post's result; raises the failing step's error (e.g. PostError)."""
         return self.result.get(timeout=timeout, propagate=True)
 
 
@@ -66,12 +67,12 @@ def submit_post(
     }
     if image_id:
         state["image_id"] = image_id
-    use_knowledge = runtime.settings.knowledge if knowledge is None else knowledge
+    use_knowledge = runtime.settings.pipeline.knowledge if knowledge is None else knowledge
     workflow = build_chain(state, knowledge=use_knowledge)
     if runtime.settings.embedded:
         try:
             outcome = workflow.apply()
-        except tasks.PostError as exc:
+        except PostError as exc:
             outcome = _Failed(exc)
         return Submission(state["id"], job_id, outcome)
     return Submission(state["id"], job_id, workflow.apply_async())

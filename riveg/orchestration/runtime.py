@@ -11,12 +11,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from riveg import STAGES
-from riveg.common.config import Settings, get_settings
-from riveg.common.logging import get_logger
-from riveg.common.rpc import StageClient, StageServer
-from riveg.common.storage import ObjectStore, open_store
-from riveg.orchestration.stages import build_stage, connect
+from riveg.core.config import Settings, get_settings
+from riveg.core.logging import get_logger
+from riveg.core.stages import STAGES
+from riveg.core.storage import ObjectStore, open_store
+from riveg.serving.client import StageClient
+from riveg.serving.server import StageServer
+from riveg.serving.stages import build_stage, connect
 
 log = get_logger("riveg.runtime")
 

@@ -1,7 +1,9 @@
-"""One small, idempotent Celery task per pipeline step.
+"""One small, idempotent Celery task per pipeline step, all of one base class.
 
 Every task takes the post's JSON state and returns it updated; only object keys travel, never
 pixels or mask bytes. Steps: store -> (knowledge) -> mner -> expand -> ve -> vg -> seg -> assemble.
+Retries are declared on :class:`StepTask` (Celery's ``autoretry_for`` with exponential, jittered,
+capped backoff), not written around the calls.
 """
 
 from __future__ import annotations
@@ -11,59 +13,93 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import grpc
 import structlog
+from celery import Task
+from celery.exceptions import Retry
 
-from riveg.common.backend import InvalidInput
-from riveg.common.images import decode_image, mask_to_rle, png_mask
-from riveg.common.logging import get_logger
-from riveg.common.messages import box_from_proto, box_to_proto, entity_from_proto, entity_to_proto
-from riveg.common.rpc import StageCallError
-from riveg.orchestration.celery_app import app
+from riveg.core.errors import InvalidInput
+from riveg.core.images import decode_image, mask_to_rle, png_mask
+from riveg.core.logging import get_logger
+from riveg.orchestration.celery_app import STEPS, app, task_name
 from riveg.orchestration.runtime import Runtime, get_runtime
-from riveg.v1 import llm_pb2, mner_pb2, seg_pb2, ve_pb2, vg_pb2
+from riveg.serving.client import StageInputError, TransientStageError
+from riveg.serving.messages import (
+    box_from_proto,
+    box_to_proto,
+    entity_from_proto,
+    entity_to_proto,
+    image_ref,
+)
+from riveg.v1 import common_pb2, llm_pb2, mner_pb2, seg_pb2, ve_pb2, vg_pb2
 
 State = dict[str, Any]
 log = get_logger("riveg.tasks")
 
-TRANSIENT = (
-    grpc.StatusCode.UNAVAILABLE,
-    grpc.StatusCode.DEADLINE_EXCEEDED,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
-)
-MAX_RETRIES = 3
-
 
 class PostError(Exception):
-    """The post cannot be processed as given (bad image, empty text, ...); not retried."""
+    """The post cannot be processed as given (bad image, empty text, ...); never retried."""
 
 
-def pipeline_task(step: str) -> Callable[[Callable[[State, Runtime], None]], Any]:
-    """Make ``fn(state, runtime)`` the Celery task ``riveg.<step>``: timing, logs, retries."""
+class StepTask(Task):
+    """Base of every pipeline step: declared retries, one log line per start and end, the step's
+    time in the state, and post errors told apart from failures.
 
-    def decorate(fn: Callable[[State, Runtime], None]) -> Any:
-        @app.task(name=f"riveg.{step}", bind=True, max_retries=MAX_RETRIES)
+    A stage call that fails with a transient gRPC code (UNAVAILABLE, DEADLINE_EXCEEDED,
+    RESOURCE_EXHAUSTED) is retried up to ``max_retries`` times (``RIVEG_PIPELINE_MAX_RETRIES``),
+    waiting a random time up to 1, 2, 4, ... seconds (capped at ``retry_backoff_max``); then the
+    post fails with that error. A bad post fails at once with :class:`PostError` (``throws``: an
+    expected outcome, logged without a traceback).
+    """
+
+    abstract = True
+    step: str = ""
+    autoretry_for = (TransientStageError,)
+    retry_backoff = 1
+    retry_backoff_max = 30
+    retry_jitter = True
+    throws = (PostError,)
+    acks_late = True
+
+    @property
+    def max_retries(self) -> int:  # type: ignore[override]
+        """Retries after the first try: ``RIVEG_PIPELINE_MAX_RETRIES`` of this process."""
+        return get_runtime().settings.pipeline.max_retries
+
+    def __call__(self, state: State) -> State:
+        started = time.perf_counter()
+        with structlog.contextvars.bound_contextvars(
+            job_id=state.get("job_id"), post_id=state.get("id"), step=self.step
+        ):
+            attempt = self.request.retries + 1 if self.request.id else 1
+            log.info("step started", attempt=attempt)
+            try:
+                result = super().__call__(state)
+            except (InvalidInput, StageInputError) as exc:
+                log.info("step failed", outcome="bad_post", error=str(exc))
+                raise PostError(f"post {state.get('id')!r}: {exc}") from None
+            except Retry as retry:
+                log.warning("step failed, retrying", outcome="retry", error=str(retry.exc))
+                raise
+            except Exception as exc:
+                log.error("step failed", outcome="error", error=f"{type(exc).__name__}: {exc}")
+                raise
+            elapsed = round((time.perf_counter() - started) * 1000, 1)
+            result.setdefault("timings_ms", {}).setdefault(self.step, elapsed)
+            log.info("step done", outcome="ok", ms=elapsed)
+        return result
+
+
+def pipeline_step(step: str) -> Callable[[Callable[[State, Runtime], State | None]], StepTask]:
+    """Make ``fn(state, runtime)`` the task ``riveg.<step>`` (a :class:`StepTask`); ``fn``
+    updates the state in place, or returns the document that replaces it."""
+
+    def decorate(fn: Callable[[State, Runtime], State | None]) -> StepTask:
         @functools.wraps(fn)
-        def task(self: Any, state: State) -> State:
-            started = time.perf_counter()
-            with structlog.contextvars.bound_contextvars(job_id=state["job_id"], step=step):
-                try:
-                    fn(state, get_runtime())
-                except InvalidInput as exc:
-                    raise PostError(f"post {state.get('id')!r}: {exc}") from None
-                except StageCallError as exc:
-                    if exc.is_input_error:
-                        raise PostError(f"post {state.get('id')!r}: {exc}") from None
-                    if exc.code in TRANSIENT and self.request.retries < MAX_RETRIES:
-                        log.warning("stage call failed, retrying", error=str(exc))
-                        raise self.retry(exc=exc, countdown=2**self.request.retries) from None
-                    raise
-                elapsed = round((time.perf_counter() - started) * 1000, 1)
-                state.setdefault("timings_ms", {})[step] = elapsed
-                log.info("step done", ms=elapsed)
-            return state
+        def run(state: State) -> State:
+            replaced = fn(state, get_runtime())
+            return state if replaced is None else replaced
 
-        return task
+        return app.task(base=StepTask, name=task_name(step), step=step)(run)
 
     return decorate
 
@@ -72,14 +108,12 @@ def _job(state: State) -> str:
     return state["job_id"]
 
 
-def _image(state: State):
-    from riveg.common.messages import image_ref
-
+def _image(state: State) -> common_pb2.ImageRef:
     image = state["image"]
     return image_ref(image["key"], image["width"], image["height"])
 
 
-@pipeline_task("store")
+@pipeline_step("store")
 def store(state: State, runtime: Runtime) -> None:
     """Validate the uploaded post: non-empty text and an image that decodes; record its size."""
     if not state.get("text", "").strip():
@@ -89,7 +123,7 @@ def store(state: State, runtime: Runtime) -> None:
     state["image"].update(width=image.width, height=image.height)
 
 
-@pipeline_task("knowledge")
+@pipeline_step("knowledge")
 def knowledge(state: State, runtime: Runtime) -> None:
     """Auxiliary knowledge about the post from the LLM stage: describe the image (released
     caption by ``image_id`` when the state has one), then the knowledge prompt with it."""
@@ -107,7 +141,7 @@ def knowledge(state: State, runtime: Runtime) -> None:
     state.setdefault("models", {})["llm"] = reply.model
 
 
-@pipeline_task("mner")
+@pipeline_step("mner")
 def mner(state: State, runtime: Runtime) -> None:
     """Named entities of the text (helped by the knowledge when present)."""
     request = mner_pb2.RecognizeRequest(text=state["text"], knowledge=state.get("knowledge") or "")
@@ -116,7 +150,7 @@ def mner(state: State, runtime: Runtime) -> None:
     state.setdefault("models", {})["mner"] = reply.model
 
 
-@pipeline_task("expand")
+@pipeline_step("expand")
 def expand(state: State, runtime: Runtime) -> None:
     """A referring expression ``Entity(TYPE)-description`` for every entity."""
     if not state["entities"]:
@@ -132,7 +166,7 @@ def expand(state: State, runtime: Runtime) -> None:
     state.setdefault("models", {})["llm"] = reply.model
 
 
-@pipeline_task("ve")
+@pipeline_step("ve")
 def ve(state: State, runtime: Runtime) -> None:
     """Visual entailment of every entity against the image, in one batch."""
     if not state["entities"]:
@@ -147,7 +181,7 @@ def ve(state: State, runtime: Runtime) -> None:
     state.setdefault("models", {})["ve"] = reply.model
 
 
-@pipeline_task("vg")
+@pipeline_step("vg")
 def vg(state: State, runtime: Runtime) -> None:
     """A box for every groundable entity, in one batch."""
     visible = [e for e in state["entities"] if e.get("groundable")]
@@ -164,7 +198,7 @@ def vg(state: State, runtime: Runtime) -> None:
     state.setdefault("models", {})["vg"] = reply.model
 
 
-@pipeline_task("seg")
+@pipeline_step("seg")
 def seg(state: State, runtime: Runtime) -> None:
     """A mask (a PNG in the store) for every box, in one batch."""
     boxed = [e for e in state["entities"] if e.get("box")]
@@ -213,14 +247,22 @@ def result_of(state: State, runtime: Runtime) -> State:
     }
 
 
-@app.task(name="riveg.assemble", bind=True)
-def assemble(self: Any, state: State) -> State:
+@pipeline_step("assemble")
+def assemble(state: State, runtime: Runtime) -> State:
     """Build the result, keep it in the object store, and return it (the result backend's copy)."""
     started = time.perf_counter()
-    runtime = get_runtime()
-    with structlog.contextvars.bound_contextvars(job_id=state["job_id"], step="assemble"):
-        result = result_of(state, runtime)
-        result["timings_ms"]["assemble"] = round((time.perf_counter() - started) * 1000, 1)
-        runtime.store.put_json(f"results/{state['job_id']}.json", result)
-        log.info("post done", entities=len(result["entities"]))
+    result = result_of(state, runtime)
+    result["timings_ms"]["assemble"] = round((time.perf_counter() - started) * 1000, 1)
+    runtime.store.put_json(f"results/{state['job_id']}.json", result)
+    log.info("post done", entities=len(result["entities"]))
     return result
+
+
+TASKS: dict[str, StepTask] = {
+    step: task
+    for step, task in (
+        ("store", store), ("knowledge", knowledge), ("mner", mner), ("expand", expand),
+        ("ve", ve), ("vg", vg), ("seg", seg), ("assemble", assemble),
+    )
+}  # fmt: skip
+assert tuple(TASKS) == STEPS, "every step has one task, in order"

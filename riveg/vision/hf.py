@@ -69,11 +69,11 @@ def clip_box(box: list[float], width: int, height: int) -> list[float]:
 
 
 def torch_threads(settings: Any) -> None:
-    """Apply RIVEG_TORCH_THREADS (0 keeps torch's default)."""
+    """Apply RIVEG_MODELS_TORCH_THREADS (0 keeps torch's default)."""
     import torch
 
     if getattr(settings, "torch_threads", 0):
-        torch.set_num_threads(settings.torch_threads)
+        torch.set_num_threads(settings.models.torch_threads)
 
 
 WARM_IMAGE = np.full((48, 64, 3), 127, np.uint8)

@@ -20,12 +20,12 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from riveg.common.backend import Backend, BackendRegistry
-from riveg.common.config import Settings
-from riveg.common.logging import get_logger
-from riveg.llm.cache import GenerationCache, request_hash
-from riveg.llm.examples import ExamplePool
-from riveg.llm.openai import Generation, OpenAIClient
+from riveg.core.config import Settings
+from riveg.core.logging import get_logger
+from riveg.serving.backend import Backend, BackendRegistry
+from services.llm.cache import GenerationCache, request_hash
+from services.llm.examples import ExamplePool
+from services.llm.openai import Generation, OpenAIClient
 
 LLM_BACKENDS: BackendRegistry[LlmBackend] = BackendRegistry("llm")
 log = get_logger("riveg.llm")
@@ -81,8 +81,8 @@ class GenerativeBackend(LlmBackend):
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
         self.cache: GenerationCache | None = None
-        pool = tuple(d.strip() for d in settings.llm_examples_pool.split(",") if d.strip())
-        self.examples = ExamplePool(pool, settings.cache_dir)
+        pool = tuple(d.strip() for d in settings.llm.examples_pool.split(",") if d.strip())
+        self.examples = ExamplePool(pool, settings.models.cache_dir)
         self.expand_template = load_template(EXPAND_TEMPLATE)
         self.knowledge_template = load_template(KNOWLEDGE_TEMPLATE)
         self.example_template = load_template(KNOWLEDGE_EXAMPLE_TEMPLATE)
@@ -126,7 +126,7 @@ class GenerativeBackend(LlmBackend):
         """Task description + the N most similar annotated examples + the post."""
         image = _one_line(image_description) or "not described"
         try:
-            chosen = self.examples.select(text, image_description, self.settings.llm_examples)
+            chosen = self.examples.select(text, image_description, self.settings.llm.examples)
         except FileNotFoundError as exc:
             if not self._warned_no_pool:
                 log.warning("no annotated examples; fixed one-shot prompt", error=str(exc))
@@ -142,12 +142,12 @@ class GenerativeBackend(LlmBackend):
 
     def expand(self, text: str, entities: list[dict[str, Any]], knowledge: str = "") -> list[str]:
         prompts = self.expand_prompts(text, entities, knowledge)
-        raw = self.complete(prompts, self.settings.llm_max_new_tokens, NEWLINE_STOP)
+        raw = self.complete(prompts, self.settings.llm.max_new_tokens, NEWLINE_STOP)
         return [clean_description(r) for r in raw]
 
     def knowledge(self, text: str, image_description: str = "") -> str:
         prompt = self.knowledge_prompt(text, image_description)
-        raw = self.complete([prompt], self.settings.knowledge_max_new_tokens, NEWLINE_STOP)
+        raw = self.complete([prompt], self.settings.llm.knowledge_max_new_tokens, NEWLINE_STOP)
         return raw[0].strip()
 
 
@@ -182,9 +182,9 @@ class GemmaBackend(GenerativeBackend):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        if self.settings.torch_threads:
-            torch.set_num_threads(self.settings.torch_threads)
-        folder = self.settings.cache_dir / "models" / self.name
+        if self.settings.models.torch_threads:
+            torch.set_num_threads(self.settings.models.torch_threads)
+        folder = self.settings.models.cache_dir / "models" / self.name
         if not (folder / "config.json").is_file():
             self._convert(folder)
         self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
@@ -269,23 +269,23 @@ class OpenAIBackend(GenerativeBackend):
 
     @property
     def model(self) -> str:
-        model = re.sub(r"[^\w.\-]+", "-", self.settings.llm_api_model).strip("-") or "unset"
-        return f"{model}@{self.settings.llm_api_mode}"
+        model = re.sub(r"[^\w.\-]+", "-", self.settings.llm.api_model).strip("-") or "unset"
+        return f"{model}@{self.settings.llm.api_mode}"
 
     def _load(self) -> None:
-        key = self.settings.llm_api_key.get_secret_value() if self.settings.llm_api_key else None
+        key = self.settings.llm.api_key.get_secret_value() if self.settings.llm.api_key else None
         self.client = OpenAIClient(
-            base_url=self.settings.llm_api_base,
-            model=self.settings.llm_api_model,
+            base_url=self.settings.llm.api_base,
+            model=self.settings.llm.api_model,
             api_key=key,
-            timeout_s=self.settings.llm_api_timeout_s,
-            retries=self.settings.llm_api_retries,
-            concurrency=self.settings.llm_api_concurrency,
+            timeout_s=self.settings.llm.api_timeout_s,
+            retries=self.settings.llm.api_retries,
+            concurrency=self.settings.llm.api_concurrency,
         )
-        self._pool = ThreadPoolExecutor(max(1, self.settings.llm_api_concurrency))
+        self._pool = ThreadPoolExecutor(max(1, self.settings.llm.api_concurrency))
 
     def _one(self, prompt: str, max_new_tokens: int, stop: list[str]) -> Generation:
-        if self.settings.llm_api_mode == "chat":
+        if self.settings.llm.api_mode == "chat":
             messages = [
                 {"role": "system", "content": self.system_prompt},
                 {"role": "user", "content": prompt},
@@ -315,7 +315,7 @@ class ReplayBackend(LlmBackend):
     version = "gpt-3.5-turbo"
 
     def _load(self) -> None:
-        from riveg.llm.replay import shared_index
+        from services.llm.replay import shared_index
 
         self.index = shared_index()
 
@@ -353,14 +353,14 @@ class LlmRouter(Backend):
         super().__init__(settings)
         self.names = {
             "knowledge": knowledge_backend
-            or settings.llm_knowledge_backend
-            or settings.llm_backend,
-            "expand": expand_backend or settings.llm_expand_backend or settings.llm_backend,
+            or settings.llm.knowledge_backend
+            or settings.llm.backend,
+            "expand": expand_backend or settings.llm.expand_backend or settings.llm.backend,
         }
         self.backends: dict[str, LlmBackend] = {}
         for name in dict.fromkeys(self.names.values()):
             backend = create_backend(name, settings)
-            if isinstance(backend, GenerativeBackend) and store is not None and settings.llm_cache:
+            if isinstance(backend, GenerativeBackend) and store is not None and settings.llm.cache:
                 backend.cache = GenerationCache(store)
             self.backends[name] = backend
 

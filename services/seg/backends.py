@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from abc import abstractmethod
-from pathlib import Path
 
 import cv2
 import numpy as np
 
-from riveg.common.backend import Backend, BackendRegistry
-from riveg.common.logging import get_logger
+from riveg.core.logging import get_logger
+from riveg.serving.backend import Backend, BackendRegistry
 from riveg.vision.hf import WARM_IMAGE, model_folder, model_options, torch_threads
 
 SEG_BACKENDS: BackendRegistry[SegBackend] = BackendRegistry("seg")
@@ -18,8 +17,6 @@ log = get_logger("riveg.seg")
 
 class SegBackend(Backend):
     """Segments all boxes of one image in one call."""
-
-    model_dir: Path | None = None  # the model-store folder, when the model came from there
 
     @abstractmethod
     def segment(self, image: np.ndarray, boxes: list[list[float]]) -> list[np.ndarray]:
@@ -107,7 +104,7 @@ class SelfieSegBackend(GrabCutSegBackend):
     MIN_PERSON_FRACTION = 0.15
 
     def _load(self) -> None:
-        from riveg.vision.selfie import SelfieSegmenter
+        from services.seg.selfie import SelfieSegmenter
 
         super()._load()
         self.selfie = SelfieSegmenter()

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from riveg.common.backend import Backend, BackendRegistry
+from riveg.serving.backend import Backend, BackendRegistry
 from riveg.vision.hf import (
     WARM_ENTITY,
     WARM_IMAGE,
@@ -23,8 +23,6 @@ VE_BACKENDS: BackendRegistry[VeBackend] = BackendRegistry("ve")
 
 class VeBackend(Backend):
     """Decides visibility for all entities of one image in one call."""
-
-    model_dir: Path | None = None  # the model-store folder, when the model came from there
 
     @abstractmethod
     def entail(self, image: np.ndarray, entities: list[dict[str, Any]]) -> list[tuple[bool, float]]:
@@ -64,7 +62,7 @@ class PersonVeBackend(VeBackend):
 @VE_BACKENDS.register("groundability")
 class GroundabilityVeBackend(VeBackend):
     """Text-side groundability (MiniLM embeddings + logistic regression trained on Twitter-GMNER,
-    ``riveg.ve.groundability``) combined with the bundled person detector's evidence:
+    ``services.ve.groundability``) combined with the bundled person detector's evidence:
 
     * PER: groundable when the detector finds a person and the text model does not rule the
       entity out (P >= ``per_floor``); score = mean of the text probability and the detector's
@@ -72,7 +70,7 @@ class GroundabilityVeBackend(VeBackend):
     * other types: the detector says nothing about them; groundable when P >= ``threshold``.
 
     The detector runs only when a PER entity is in the batch. Weights: the committed
-    ``riveg/ve/weights/groundability-1.npz``, or ``groundability.npz`` in a model-store folder.
+    ``services/ve/weights/groundability-1.npz``, or ``groundability.npz`` in a model-store folder.
     """
 
     name = "minilm-groundability"
@@ -80,17 +78,17 @@ class GroundabilityVeBackend(VeBackend):
     PER_FLOOR = 0.25
 
     def _load(self) -> None:
-        from riveg.ve.groundability import WEIGHTS, Embedder, GroundabilityModel
         from riveg.vision.person import PersonDetector
+        from services.ve.groundability import WEIGHTS, Embedder, GroundabilityModel
 
         weights = WEIGHTS if self.model_dir is None else Path(self.model_dir) / "groundability.npz"
         self.text_model = GroundabilityModel.load(weights)
-        self.embed = Embedder(threads=self.settings.torch_threads)
+        self.embed = Embedder(threads=self.settings.models.torch_threads)
         self.detector = PersonDetector()
 
     def text_probabilities(self, entities: list[dict[str, Any]]) -> np.ndarray:
         """P(groundable) of each entity from its type and text alone."""
-        from riveg.ve.groundability import features
+        from services.ve.groundability import features
 
         return self.text_model.probability(features(self.embed, [entities]))
 

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from riveg.common.backend import Backend, BackendRegistry
+from riveg.serving.backend import Backend, BackendRegistry
 from riveg.vision.hf import (
     WARM_ENTITY,
     WARM_IMAGE,
@@ -27,8 +27,6 @@ Grounding = tuple[list[float] | None, float]
 
 class VgBackend(Backend):
     """Grounds all entities of one image in one call."""
-
-    model_dir: Path | None = None  # the model-store folder, when the model came from there
 
     @abstractmethod
     def ground(self, image: np.ndarray, entities: list[dict[str, Any]]) -> list[Grounding]:

@@ -1,1 +1,0 @@
-"""What every service and the orchestrator share: config, logging, storage, gRPC helpers."""

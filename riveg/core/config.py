@@ -1,0 +1,297 @@
+"""Configuration, grouped by concern: environment variables, a TOML file, or explicit values.
+
+Every field is ``RIVEG_<SECTION>_<FIELD>`` in the environment (e.g. ``RIVEG_BROKER_URL``,
+``RIVEG_VG_MODEL``, ``RIVEG_S3_SECRET_KEY``) and ``[section] field = ...`` in the TOML file that
+``RIVEG_CONFIG`` or ``--config`` names. Precedence, highest first: explicit values (command-line
+flags, :func:`load_settings` keywords), the environment, the TOML file, the defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from contextvars import ContextVar
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from riveg.core.stages import STAGE_TABLE, get_stage
+
+
+def default_cache_dir() -> Path:
+    """Where converted model weights and the local object store live by default."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "riveg"
+
+
+class BrokerSettings(BaseModel):
+    """Celery's broker and result backend."""
+
+    url: str | None = Field(None, description="Celery broker; unset = embedded mode")
+    result_backend: str = Field("redis://127.0.0.1:6379/0", description="Celery result backend")
+    queue_prefix: str = Field("riveg", description="Celery queues are `<prefix>.<stage>`")
+
+
+class PipelineSettings(BaseModel):
+    """The per-post chain: which steps run, how long one may take, how failures are retried."""
+
+    knowledge: bool = Field(False, description="run the LLM knowledge step before MNER")
+    task_time_limit_s: int = Field(600, description="hard limit of one step's task")
+    max_retries: int = Field(
+        5,
+        description="retries of a step whose stage call failed transiently (backoff 1, 2, 4 s"
+        "... jittered, capped at 30 s)",
+    )
+
+
+class StoreSettings(BaseModel):
+    """Where images, masks and results live."""
+
+    kind: Literal["local", "s3"] | None = Field(
+        None, description="object store kind; default: s3 with a broker, else local"
+    )
+    path: Path = Field(
+        default_factory=lambda: default_cache_dir() / "store",
+        description="folder of the local store (default: <cache>/store)",
+    )
+
+
+class S3Settings(BaseModel):
+    """The S3/MinIO bucket of the `s3` store."""
+
+    endpoint: str = Field("127.0.0.1:9000", description="S3/MinIO host:port")
+    access_key: SecretStr = Field(
+        SecretStr("minioadmin"), description="S3 access key (a Secret in k8s)"
+    )
+    secret_key: SecretStr = Field(
+        SecretStr("minioadmin"), description="S3 secret key (a Secret in k8s)"
+    )
+    bucket: str = Field("riveg", description="bucket holding images, masks and results")
+    secure: bool = Field(False, description="use HTTPS to reach S3")
+
+
+class GrpcSettings(BaseModel):
+    """The stage servers' transport, on both ends."""
+
+    port: int | None = Field(None, description="server port override (default: the addr's)")
+    workers: int = Field(4, description="threads serving RPCs per server")
+    max_message_mb: int = Field(32, description="largest gRPC message, both directions")
+    timeout_s: float = Field(120.0, description="deadline of each stage call")
+    shutdown_grace_s: float = Field(10.0, description="time in-flight calls get on SIGTERM")
+
+
+class ModelsSettings(BaseModel):
+    """Where model versions come from and how they run on this machine."""
+
+    store_path: Path | None = Field(
+        None,
+        description="local folder of `<stage>/<name>/<version>/` models; unset: `models/` in "
+        "the object store",
+    )
+    cache_dir: Path = Field(
+        default_factory=default_cache_dir, description="converted weights (default ~/.cache/riveg)"
+    )
+    torch_threads: int = Field(0, description="torch CPU threads; 0 = torch's default")
+
+    @field_validator("store_path", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        """An empty path (``RIVEG_MODELS_STORE_PATH=``) is unset, never the working folder."""
+        return None if value == "" else value
+
+
+class LogSettings(BaseModel):
+    """Log lines (always on stderr)."""
+
+    format: Literal["json", "console"] = Field("console", description="log lines on stderr")
+    level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
+
+
+class StageSettings(BaseModel):
+    """What every stage has: where its server is, and the model it serves."""
+
+    addr: str = Field("", description="its server's host:port (default: 127.0.0.1:<its port>)")
+    backend: str = Field("", description="backend key (see the stage's table)")
+    model: str | None = Field(
+        None,
+        description="model to serve: `name@version` (model store or builtin) or a model folder; "
+        "unset: the backend's own",
+    )
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        """An empty value (``RIVEG_MNER_MODEL=``, as a ConfigMap may set it) is unset."""
+        return None if value in ("", None) else str(value)
+
+
+class LlmSettings(StageSettings):
+    """The LLM stage: backend per job type, the OpenAI-compatible endpoint, prompts, cache."""
+
+    knowledge_backend: str | None = Field(
+        None, description="LLM backend of knowledge jobs (default: RIVEG_LLM_BACKEND)"
+    )
+    expand_backend: str | None = Field(
+        None, description="LLM backend of expansion jobs (default: RIVEG_LLM_BACKEND)"
+    )
+    max_new_tokens: int = Field(24, description="cap of one entity expansion, in tokens")
+    knowledge_max_new_tokens: int = Field(96, description="cap of one knowledge paragraph")
+    api_base: str = Field(
+        "http://127.0.0.1:8000/v1", description="OpenAI-compatible endpoint of the `openai` backend"
+    )
+    api_model: str = Field("", description="model name sent to the endpoint (required)")
+    api_mode: Literal["chat", "completions"] = Field(
+        "completions", description="endpoint flavour: /completions or /chat/completions"
+    )
+    api_key: SecretStr | None = Field(
+        None, description="bearer key of the endpoint (a Secret in k8s); unset = none sent"
+    )
+    api_timeout_s: float = Field(60.0, description="timeout of one HTTP request")
+    api_retries: int = Field(4, description="retries on 429, 5xx and timeouts (backoff)")
+    api_concurrency: int = Field(4, description="most requests in flight to the endpoint")
+    vision_model: str | None = Field(
+        None, description="vision model on the endpoint for Describe; unset = captions/detector"
+    )
+    examples: int = Field(5, description="similar annotated examples in a knowledge prompt")
+    examples_pool: str = Field(
+        "twitter2017,twitter2015", description="datasets whose manual annotations are examples"
+    )
+    cache: bool = Field(True, description="cache generations in the object store")
+
+
+class MnerSettings(StageSettings):
+    """The MNER stage."""
+
+    quantize: bool = Field(False, description="crf: dynamic int8 encoder (faster, -0.6 to -1.1 F1)")
+
+
+class Settings(BaseSettings):
+    """All knobs of RiVEG-serve, one section per concern; see the README's configuration table."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RIVEG_",
+        env_nested_delimiter="_",
+        env_nested_max_split=1,
+        extra="ignore",
+    )
+
+    broker: BrokerSettings = Field(default_factory=BrokerSettings)
+    pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    s3: S3Settings = Field(default_factory=S3Settings)
+    grpc: GrpcSettings = Field(default_factory=GrpcSettings)
+    models: ModelsSettings = Field(default_factory=ModelsSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
+    llm: LlmSettings = Field(default_factory=LlmSettings)
+    mner: MnerSettings = Field(default_factory=MnerSettings)
+    ve: StageSettings = Field(default_factory=StageSettings)
+    vg: StageSettings = Field(default_factory=StageSettings)
+    seg: StageSettings = Field(default_factory=StageSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Explicit values, then the environment, then the TOML file (when one is named)."""
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        toml_file = _toml_file.get()
+        if toml_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)
+
+    @model_validator(mode="after")
+    def _defaults(self) -> Settings:
+        """Each stage section's unset address and backend come from the stage's declaration;
+        with a broker the store defaults to S3."""
+        for stage in STAGE_TABLE.values():
+            section: StageSettings = getattr(self, stage.name)
+            section.addr = section.addr or stage.default_addr
+            section.backend = section.backend or stage.backend
+        if self.store.kind is None:
+            self.store.kind = "s3" if self.broker.url else "local"
+        return self
+
+    def stage(self, name: str) -> StageSettings:
+        """The configuration section of a stage; ValueError for an unknown stage."""
+        return getattr(self, get_stage(name).name)
+
+    def server_port(self, name: str) -> int:
+        """Port the stage's server binds: RIVEG_GRPC_PORT, else the port of its address."""
+        if self.grpc.port is not None:
+            return self.grpc.port
+        return int(self.stage(name).addr.rsplit(":", 1)[1])
+
+    @property
+    def embedded(self) -> bool:
+        """True when no broker is configured: the whole pipeline runs in this process."""
+        return not self.broker.url
+
+
+_toml_file: ContextVar[Path | None] = ContextVar("riveg_toml_file", default=None)
+SECTIONS: tuple[str, ...] = tuple(Settings.model_fields)
+assert set(STAGE_TABLE) <= set(SECTIONS), "every stage needs its configuration section"
+
+
+def nest(flat: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{"vg_model": "owl@1"}`` -> ``{"vg": {"model": "owl@1"}}``: a flat name is the
+    environment variable's without ``RIVEG_``, lower case. None values are dropped."""
+    nested: dict[str, dict[str, Any]] = {}
+    for key, value in flat.items():
+        if value is None:
+            continue
+        section, _, field = key.partition("_")
+        if section not in SECTIONS or not field:
+            raise ValueError(f"unknown setting {key!r}; settings are <section>_<field>, "
+                             f"sections: {', '.join(SECTIONS)}")  # fmt: skip
+        nested.setdefault(section, {})[field] = value
+    return nested
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Settings from explicit flat overrides (``broker_url=...``; None = not given), then the
+    environment, then a TOML file (``config_file`` or ``RIVEG_CONFIG``)."""
+    path = config_file or os.environ.get("RIVEG_CONFIG") or None
+    toml_file = None
+    if path:
+        toml_file = Path(path)
+        if not toml_file.is_file():
+            raise FileNotFoundError(f"the configuration file {toml_file} does not exist")
+    token = _toml_file.set(toml_file)
+    try:
+        return Settings(**nest(overrides))
+    finally:
+        _toml_file.reset(token)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Process-wide settings from the environment (and ``RIVEG_CONFIG``), read once."""
+    return load_settings()
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The settings as ``RIVEG_*`` environment variables, for the processes a command starts:
+    a child built from them has the same settings (secrets included; unset fields left out)."""
+    env: dict[str, str] = {}
+    for section in SECTIONS:
+        for field, value in getattr(settings, section):
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            elif isinstance(value, bool):
+                value = "true" if value else "false"
+            env[f"RIVEG_{section}_{field}".upper()] = str(value)
+    return env

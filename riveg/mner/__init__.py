@@ -1,1 +1,0 @@
-"""PLIM-style MNER: an encoder + CRF over a post and (optionally) LLM-written knowledge."""

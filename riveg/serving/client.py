@@ -1,0 +1,102 @@
+"""The client side of a stage server: a channel, the stage's stub, the job id as metadata."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from riveg.core.config import Settings
+from riveg.v1 import common_pb2_grpc
+
+JOB_ID_KEY = "x-job-id"
+
+TRANSIENT_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
+)
+"""Codes a later try may not get: the server is restarting, busy or slow."""
+INPUT_CODES = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND})
+"""Codes that blame the request: retrying the same request cannot help."""
+
+
+def channel_options(settings: Settings) -> list[tuple[str, int]]:
+    """Message-size limits used on both ends."""
+    limit = settings.grpc.max_message_mb * 1024 * 1024
+    return [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)]
+
+
+class StageCallError(RuntimeError):
+    """A stage RPC failed; carries the stage, the gRPC status code and the server's message."""
+
+    def __init__(self, stage: str, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{stage} stage failed ({code.name}): {details}")
+        self.stage = stage
+        self.code = code
+        self.details = details
+
+
+class TransientStageError(StageCallError):
+    """The stage could not answer now (unavailable, overloaded, too slow): worth retrying."""
+
+
+class StageInputError(StageCallError):
+    """The stage refused the request itself (bad image, unknown key): never retried."""
+
+
+def stage_error(stage: str, code: grpc.StatusCode, details: str) -> StageCallError:
+    """The StageCallError subclass that says what a retry can do about ``code``."""
+    if code in TRANSIENT_CODES:
+        return TransientStageError(stage, code, details)
+    if code in INPUT_CODES:
+        return StageInputError(stage, code, details)
+    return StageCallError(stage, code, details)
+
+
+class StageClient:
+    """A channel to one stage server with its stub, the job id sent as metadata."""
+
+    def __init__(self, stage: str, addr: str, stub_class: type, settings: Settings) -> None:
+        self.stage = stage
+        self.addr = addr
+        self.settings = settings
+        self.channel = grpc.insecure_channel(addr, options=channel_options(settings))
+        self.stub = stub_class(self.channel)
+        self.admin = common_pb2_grpc.ModelAdminStub(self.channel)
+
+    def call(self, method: str, request: Any, job_id: str = "", timeout: float | None = None):
+        """Invoke a unary method; a StageCallError subclass on failure."""
+        try:
+            return getattr(self.stub, method)(
+                request,
+                timeout=timeout or self.settings.grpc.timeout_s,
+                metadata=((JOB_ID_KEY, job_id),),
+            )
+        except grpc.RpcError as exc:
+            raise stage_error(self.stage, exc.code(), exc.details() or "") from exc
+
+    def wait_ready(self, timeout: float = 300.0) -> None:
+        """Block until the server's health check says SERVING; TimeoutError otherwise."""
+        stub = health_pb2_grpc.HealthStub(self.channel)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"{self.stage} server at {self.addr} not SERVING after {timeout}s"
+                )
+            time.sleep(0.5)
+
+    def close(self) -> None:
+        """Close the channel."""
+        self.channel.close()

@@ -1,0 +1,219 @@
+"""gRPC server and client helpers shared by the five stage services.
+
+A stage server = one servicer (transport) + one backend (model), plus what every server needs:
+``grpc.health.v1`` health checking (NOT_SERVING until the model is loaded), server reflection,
+the ``ModelAdmin`` service, a maximum message size, deadlines honoured, the job id from call
+metadata bound into structured logs, and graceful shutdown on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable
+from concurrent import futures
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from riveg.core.config import Settings
+from riveg.core.errors import InvalidInput
+from riveg.core.logging import get_logger
+from riveg.core.stages import Stage
+from riveg.core.storage import ObjectNotFound
+from riveg.serving.backend import Backend
+from riveg.serving.client import JOB_ID_KEY, channel_options
+from riveg.serving.manager import ModelManager, warm
+from riveg.v1 import common_pb2, common_pb2_grpc
+
+log = get_logger("riveg.rpc")
+
+
+def _status_for(exc: Exception) -> grpc.StatusCode:
+    if isinstance(exc, InvalidInput):
+        return grpc.StatusCode.INVALID_ARGUMENT
+    if isinstance(exc, ObjectNotFound):
+        return grpc.StatusCode.NOT_FOUND
+    return grpc.StatusCode.INTERNAL
+
+
+class _CallContextInterceptor(grpc.ServerInterceptor):
+    """Binds the job id to the logs, refuses calls whose deadline has passed, maps errors."""
+
+    def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+        handler = continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        method = handler_call_details.method
+        behaviour = handler.unary_unary
+
+        def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
+            metadata = dict(context.invocation_metadata() or ())
+            job_id = metadata.get(JOB_ID_KEY, "")
+            started = time.perf_counter()
+            with structlog.contextvars.bound_contextvars(job_id=job_id, rpc=method):
+                remaining = context.time_remaining()
+                if remaining is not None and remaining <= 0:
+                    context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed on arrival")
+                try:
+                    response = behaviour(request, context)
+                except Exception as exc:
+                    if context.code() is not None:  # already aborted by the servicer
+                        raise
+                    code = _status_for(exc)
+                    log.warning("rpc failed", code=code.name, error=str(exc))
+                    context.abort(code, f"{type(exc).__name__}: {exc}")
+                log.info("rpc done", ms=round((time.perf_counter() - started) * 1000, 1))
+                return response
+
+        return grpc.unary_unary_rpc_method_handler(
+            wrapped,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+def check_deadline(context: grpc.ServicerContext, needed_s: float = 0.0) -> None:
+    """Abort with DEADLINE_EXCEEDED when less than needed_s remains of the caller's deadline."""
+    remaining = context.time_remaining()
+    if remaining is not None and remaining < needed_s:
+        context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"{remaining:.2f}s left of the deadline")
+
+
+class _ModelAdminServicer(common_pb2_grpc.ModelAdminServicer):
+    """Current, List, Load and Rollback over the stage's ModelManager."""
+
+    def __init__(self, models: ModelManager) -> None:
+        self.models = models
+
+    def Current(self, request, context):
+        backend = self.models.current
+        previous = self.models.previous
+        return common_pb2.CurrentModelResponse(
+            model=backend.model,
+            ready=backend.ready,
+            backend=self.models.backend_name,
+            previous=previous.model if previous is not None else "",
+        )
+
+    def List(self, request, context):
+        rows = [common_pb2.ModelVersion(**row) for row in self.models.available()]
+        return common_pb2.ListModelsResponse(models=rows, model=self.models.current.model)
+
+    def Load(self, request, context):
+        try:
+            result = self.models.load(request.model)
+        except (ValueError, FileNotFoundError) as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return common_pb2.LoadModelResponse(**vars(result))
+
+    def Rollback(self, request, context):
+        try:
+            result = self.models.rollback()
+        except ValueError as exc:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        return common_pb2.LoadModelResponse(**vars(result))
+
+
+@dataclass
+class StageSpec:
+    """What a stage contributes to its server: its declaration, servicer and models."""
+
+    stage: Stage
+    servicer: Any
+    add_to_server: Callable[[Any, grpc.Server], None]
+    models: ModelManager
+
+    @property
+    def service_name(self) -> str:
+        """The full gRPC service name, e.g. ``riveg.v1.VgService``."""
+        return self.stage.service_name
+
+    @property
+    def backend(self) -> Backend:
+        """The backend answering now (changes on a hot swap)."""
+        return self.models.current
+
+    @property
+    def backend_name(self) -> str:
+        """The registry key of the answering backend."""
+        return self.models.backend_name
+
+
+class StageServer:
+    """One stage's gRPC server with health, reflection, model admin and graceful shutdown."""
+
+    def __init__(self, spec: StageSpec, settings: Settings) -> None:
+        self.spec = spec
+        self.settings = settings
+        self.health = health.HealthServicer()
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=settings.grpc.workers),
+            options=channel_options(settings),
+            interceptors=[_CallContextInterceptor()],
+        )
+        spec.add_to_server(spec.servicer, self.server)
+        common_pb2_grpc.add_ModelAdminServicer_to_server(
+            _ModelAdminServicer(spec.models), self.server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (
+                spec.service_name,
+                "riveg.v1.ModelAdmin",
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            self.server,
+        )
+        self._set_status(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.port: int | None = None
+        self._stopped = threading.Event()
+
+    def _set_status(self, status: int) -> None:
+        for name in ("", self.spec.service_name):
+            self.health.set(name, status)
+
+    def start(self, port: int | None = None, host: str = "0.0.0.0", load: bool = True) -> int:
+        """Bind (port 0 = any free port), start serving health, load the model, then SERVING."""
+        bind_port = self.settings.server_port(self.spec.stage.name) if port is None else port
+        self.port = self.server.add_insecure_port(f"{host}:{bind_port}")
+        if self.port == 0:
+            raise RuntimeError(f"{self.spec.stage.name}: cannot bind {host}:{bind_port}")
+        self.server.start()
+        log.info("server started", stage=self.spec.stage.name, port=self.port)
+        if load:
+            self.load_model()
+        return self.port
+
+    def load_model(self) -> None:
+        """Load and warm the backend's model and mark the server SERVING."""
+        started = time.perf_counter()
+        warm(self.spec.backend)
+        self._set_status(health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "model ready",
+            stage=self.spec.stage.name,
+            model=self.spec.backend.model,
+            load_s=round(time.perf_counter() - started, 2),
+        )
+
+    def stop(self, grace: float | None = None) -> None:
+        """Report NOT_SERVING, refuse new calls and let in-flight ones finish within grace."""
+        if self._stopped.is_set():
+            return
+        self._set_status(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.server.stop(self.settings.grpc.shutdown_grace_s if grace is None else grace).wait()
+        self._stopped.set()
+        log.info("server stopped", stage=self.spec.stage.name)
+
+    def serve_forever(self) -> None:
+        """Block until SIGTERM/SIGINT, then shut down gracefully."""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: threading.Thread(target=self.stop, daemon=True).start())
+        self._stopped.wait()

@@ -1,0 +1,79 @@
+"""The base every stage servicer builds on: what all five servers do around their model.
+
+A handler written with :func:`stage_rpc` receives the backend read once for the call (so a hot
+swap in the middle cannot mix two models in one response), a response already naming that model,
+and a call whose deadline is checked before the model runs; :meth:`StageServicer.image` fetches
+and decodes the request's image from the object store.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import grpc
+import numpy as np
+
+from riveg.core.config import Settings
+from riveg.core.images import fetch_image
+from riveg.core.storage import ObjectStore
+from riveg.serving.backend import Backend, BackendRegistry
+from riveg.serving.manager import ModelManager
+from riveg.serving.server import check_deadline
+from riveg.v1 import common_pb2
+
+Handler = Callable[[Any, Backend, Any, grpc.ServicerContext, Any], Any]
+
+
+class StageServicer:
+    """Base of the stage servicers: the models that answer and the store images come from.
+
+    A subclass names its backend registry in ``backends``; :meth:`create_models` builds the
+    stage's ModelManager from the settings (override it for a stage that composes backends).
+    """
+
+    backends: ClassVar[BackendRegistry[Any]]
+    stage: ClassVar[str]
+
+    def __init__(self, models: ModelManager, store: ObjectStore | None) -> None:
+        self.models = models
+        self.store = store
+
+    @classmethod
+    def create_models(cls, settings: Settings, store: ObjectStore | None) -> ModelManager:
+        """The backend the settings name (``RIVEG_<STAGE>_MODEL``, else ``_BACKEND``)."""
+        return ModelManager.from_settings(cls.stage, cls.backends, settings, store)
+
+    @property
+    def backend(self) -> Backend:
+        """The backend answering now (a handler reads it once, through :func:`stage_rpc`)."""
+        return self.models.current
+
+    def image(self, ref: common_pb2.ImageRef, context: grpc.ServicerContext) -> np.ndarray:
+        """The request's image (HxWx3 RGB) from the store; the deadline is checked after the
+        download, before any model time is spent."""
+        if self.store is None:
+            raise RuntimeError(f"the {self.stage} server has no object store to read images from")
+        image = fetch_image(self.store, ref.key)
+        check_deadline(context)
+        return image
+
+
+def stage_rpc(response_class: type) -> Callable[[Handler], Callable[..., Any]]:
+    """Make ``fn(self, backend, request, context, response)`` a unary handler: the deadline is
+    checked, the backend is read once and named in ``response.model``; ``fn`` fills ``response``
+    (returning a message instead replaces it)."""
+
+    def decorate(fn: Handler) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def handler(self: StageServicer, request: Any, context: grpc.ServicerContext) -> Any:
+            check_deadline(context)
+            backend = self.backend  # once: a hot swap cannot mix two models in one answer
+            response = response_class(model=backend.model)
+            replaced = fn(self, backend, request, context, response)
+            return response if replaced is None else replaced
+
+        return handler
+
+    return decorate

@@ -1,0 +1,79 @@
+"""Test support: free ports, waiting for a port, and `riveg up` in the background."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 30.0) -> None:
+    """Block until 127.0.0.1:port accepts connections."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError(f"nothing listens on port {port} after {timeout}s")
+
+
+def console_script(name: str) -> str:
+    """A console script of this environment (next to the running Python)."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
+
+
+def spawn_up(
+    env: dict[str, str], state_dir: Path, concurrency: int = 2, timeout: float = 600.0
+) -> tuple[subprocess.Popen, dict]:
+    """Run `riveg up` in the background with the given environment; return the process and its
+    ready report once every part is up (RuntimeError, with the logs' tails, otherwise)."""
+    process = subprocess.Popen(
+        [console_script("riveg"), "up", "--state-dir", str(state_dir),
+         "--concurrency", str(concurrency)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    ready: dict = {}
+
+    def read() -> None:
+        for line in process.stdout or []:
+            if line.startswith("{"):
+                ready.update(json.loads(line))
+
+    threading.Thread(target=read, daemon=True).start()
+    deadline = time.monotonic() + timeout
+    while not ready and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    if not ready:
+        process.kill()
+        logs = "\n".join(
+            f"== {p.name}\n{p.read_text()[-1500:]}" for p in (state_dir / "logs").glob("*.log")
+        )
+        raise RuntimeError(f"riveg up did not become ready (exit {process.poll()}):\n{logs}")
+    return process, ready
+
+
+def stop_up(process: subprocess.Popen, timeout: float = 60.0) -> None:
+    """SIGTERM a `riveg up` started by spawn_up and wait; kill its process group if it hangs."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        raise
