@@ -28,17 +28,16 @@ def main() -> None:
     parser.add_argument("--quantize", action="store_true", help="dynamic int8 encoder")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
-    if args.model:
-        os.environ["RIVEG_MNER_MODEL"] = args.model
-    os.environ["RIVEG_MNER_QUANTIZE"] = "1" if args.quantize else "0"
     import torch
 
     from riveg.core.config import load_settings
-    from services.mner.backends import CrfMnerBackend, model_dir_for
+    from services.mner.backends import CrfMnerBackend
     from services.mner.data import load_split
+    from services.mner.model import default_model_dir
 
-    settings = load_settings(models_torch_threads=args.threads)
+    settings = load_settings(models_torch_threads=args.threads, mner_quantize=args.quantize)
     backend = CrfMnerBackend(settings)
+    backend.model_dir = Path(args.model) if args.model else default_model_dir()
     backend.batch_size = args.batch_size
     backend.load()
     posts = load_split(args.dataset, "dev", with_knowledge=args.knowledge)
@@ -51,7 +50,7 @@ def main() -> None:
         rates.append(len(texts) / (time.perf_counter() - began))
         cpu_rates.append(len(texts) / (time.process_time() - cpu_began))
     result = {
-        "model": str(model_dir_for(settings)),
+        "model": str(backend.model_dir),
         "dataset": args.dataset,
         "posts": len(texts),
         "knowledge": args.knowledge,

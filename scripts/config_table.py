@@ -5,18 +5,37 @@ The README's table is this script's output; tests/test_docs.py fails when they d
 
 from __future__ import annotations
 
-from riveg.core.config import Settings
+from pydantic import BaseModel, SecretStr
+
+from riveg.core.config import SECTIONS, Settings
+from riveg.core.stages import STAGE_TABLE
+
+
+def _default(section: str, name: str, field) -> str:  # type: ignore[no-untyped-def]
+    if section in STAGE_TABLE and name == "addr":
+        return f"`{STAGE_TABLE[section].default_addr}`"
+    if section in STAGE_TABLE and name == "backend":
+        return f"`{STAGE_TABLE[section].backend}`"
+    if field.default_factory is not None:
+        return "see meaning"
+    if field.default is None:
+        return "unset"
+    value = field.default
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    return f"`{value}`"
 
 
 def config_table() -> str:
-    """Markdown rows: variable, default, meaning."""
-    rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
-    for name, field in Settings.model_fields.items():
-        if field.default_factory is not None:
-            default = "see meaning"
-        else:
-            default = "unset" if field.default is None else f"`{field.default}`"
-        rows.append(f"| `RIVEG_{name.upper()}` | {default} | {field.description or ''} |")
+    """Markdown rows: variable, TOML key, default, meaning."""
+    rows = ["| variable | TOML | default | meaning |", "| --- | --- | --- | --- |"]
+    for section in SECTIONS:
+        model: type[BaseModel] = Settings.model_fields[section].annotation  # type: ignore[assignment]
+        for name, field in model.model_fields.items():
+            rows.append(
+                f"| `RIVEG_{section.upper()}_{name.upper()}` | `[{section}] {name}` | "
+                f"{_default(section, name, field)} | {field.description or ''} |"
+            )
     return "\n".join(rows)
 
 

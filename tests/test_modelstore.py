@@ -56,7 +56,7 @@ def test_s3_versions_are_downloaded_once_into_the_cache(s3_server, tmp_path, tin
         s3_access_key=s3_server["RIVEG_S3_ACCESS_KEY"],
         s3_secret_key=s3_server["RIVEG_S3_SECRET_KEY"],
         s3_bucket="riveg-models",
-        cache_dir=tmp_path / "cache",
+        models_cache_dir=tmp_path / "cache",
     )
     models = open_model_store(settings, open_store(settings))
     models.publish("vg", ModelRef("owlv2", "1"), tiny_owl, backend="owl")

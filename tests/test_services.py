@@ -101,13 +101,96 @@ def test_llm_expands_each_entity_into_a_referring_expression(cluster) -> None:
     assert knowledge.knowledge.strip() and "\n" not in knowledge.knowledge
 
 
-def test_llm_honours_the_deadline(cluster) -> None:
-    entities = [entity_to_proto(_entity("Eileen Collins", "PER"))] * 4
+def test_llm_server_refuses_a_call_with_too_little_deadline_left(cluster) -> None:
+    """The LLM *server* refuses a call with less than MIN_DEADLINE_S (0.05 s) left of its
+    deadline: DEADLINE_EXCEEDED with check_deadline's "<s>s left of the deadline", before any
+    model (or cache) time. A 0.03 s deadline reaches the server over loopback; a try that
+    expired on the client first ("Deadline Exceeded") is tried again, a few times at most."""
+    from services.llm.server import MIN_DEADLINE_S
+
+    request = llm_pb2.ExpandRequest(
+        text=SAMPLE_TEXT, entities=[entity_to_proto(_entity("Eileen Collins", "PER"))]
+    )
+    llm = cluster.client("llm")
+    llm.call("Expand", request)  # a cached answer now waits: still refused below
+    refusals, client_expiries = [], []
+    for _ in range(5):
+        with pytest.raises(StageCallError) as error:
+            llm.call("Expand", request, timeout=0.6 * MIN_DEADLINE_S)
+        assert error.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+        if "left of the deadline" in error.value.details:
+            refusals.append(error.value.details)
+            break
+        client_expiries.append(error.value.details)
+    assert refusals, f"the server never refused the call; client-side only: {client_expiries}"
+    left = float(re.match(r"(-?\d+\.\d+)s left of the deadline", refusals[0]).group(1))
+    assert left < MIN_DEADLINE_S
+
+
+def test_llm_server_deadline_floor_is_what_decides(cluster, monkeypatch) -> None:
+    """With the floor raised to 30 s, a roomy 10 s deadline is refused by the server (no race
+    with the client: the refusal comes long before 10 s) and a 60 s one is served."""
+    import services.llm.server as llm_server
+
+    monkeypatch.setattr(llm_server, "MIN_DEADLINE_S", 30.0)
+    request = llm_pb2.ExpandRequest(
+        text=SAMPLE_TEXT, entities=[entity_to_proto(_entity("NASA", "ORG"))]
+    )
+    llm = cluster.client("llm")
+    started = time.monotonic()
     with pytest.raises(StageCallError) as error:
-        cluster.client("llm").call(
-            "Expand", llm_pb2.ExpandRequest(text=SAMPLE_TEXT, entities=entities), timeout=0.01
-        )
+        llm.call("Expand", request, timeout=10)
     assert error.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert re.fullmatch(r"(9|10)\.\d\ds left of the deadline", error.value.details)
+    assert time.monotonic() - started < 5
+    assert [e.text for e in llm.call("Expand", request, timeout=60).entities] == ["NASA"]
+
+
+class _LateContext:
+    """The parts of a grpc.ServicerContext the server's interceptor uses."""
+
+    def __init__(self, remaining: float) -> None:
+        self.remaining = remaining
+        self.aborted: tuple[grpc.StatusCode, str] | None = None
+
+    def invocation_metadata(self):
+        return (("x-job-id", "job-late"),)
+
+    def time_remaining(self) -> float:
+        return self.remaining
+
+    def abort(self, code: grpc.StatusCode, details: str):
+        self.aborted = (code, details)
+        raise grpc.RpcError(details)
+
+    def code(self):
+        return self.aborted[0] if self.aborted else None
+
+
+def test_server_interceptor_refuses_a_call_whose_deadline_passed_on_arrival() -> None:
+    """Every stage server's interceptor aborts a call that arrives with no time left
+    (DEADLINE_EXCEEDED, "deadline passed on arrival") without running the handler; with time
+    left the handler runs."""
+    from types import SimpleNamespace
+
+    from riveg.serving.server import _CallContextInterceptor
+
+    ran = []
+
+    def continuation(details):
+        return grpc.unary_unary_rpc_method_handler(lambda request, context: ran.append(request))
+
+    details = SimpleNamespace(method="/riveg.v1.LlmService/Expand", invocation_metadata=())
+    handler = _CallContextInterceptor().intercept_service(continuation, details)
+    for remaining in (0.0, -0.5):
+        late = _LateContext(remaining)
+        with pytest.raises(grpc.RpcError):
+            handler.unary_unary("request", late)
+        assert late.aborted == (grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed on arrival")
+    assert ran == []
+    in_time = _LateContext(5.0)
+    handler.unary_unary("request", in_time)
+    assert ran == ["request"] and in_time.aborted is None
 
 
 def test_ve_and_vg_ground_the_person_only(cluster, sample_ref) -> None:

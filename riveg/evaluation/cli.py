@@ -8,6 +8,12 @@ from typing import Any
 
 import click
 
+from riveg.data.conll import read_conll
+from riveg.data.gmner import read_gmner
+from riveg.evaluation import gmner
+from riveg.evaluation.plot import write_sweep
+from riveg.evaluation.predictions import PredictionError, read_predictions
+
 METRIC_ORDER = ("gmner", "mner", "eeg", "smner", "ees")
 
 
@@ -35,8 +41,6 @@ def _table(scores: dict[str, Any]) -> str:
 
 
 def _read_predictions(path: Path) -> Any:
-    from riveg.evaluation.predictions import PredictionError, read_predictions
-
     try:
         return read_predictions(path)
     except PredictionError as exc:
@@ -115,9 +119,6 @@ def gmner_command(
 ) -> None:
     """Score GMNER, MNER and EEG (SMNER and EES with masks) of result JSONL against
     Twitter-GMNER CoNLL + xml gold."""
-    from riveg.data.gmner import read_gmner
-    from riveg.evaluation import gmner
-
     try:
         posts = read_gmner(gold_path, xml_dir)
     except (ValueError, OSError) as exc:
@@ -140,8 +141,6 @@ def gmner_command(
     scores["iou"] = iou
     scores["matching"] = alignment.summary()
     if sweep_dir is not None:
-        from riveg.evaluation.plot import write_sweep
-
         curve = gmner.sweep(alignment)
         title = f"{pred_path.name} vs {gold_path.name} ({len(posts)} posts)"
         scores["iou_sweep"] = write_sweep(curve, sweep_dir, title)
@@ -156,9 +155,6 @@ def gmner_command(
 def mner_command(gold_path: Path, pred_path: Path, as_json: bool) -> None:
     """Score span + type (MNER) of result JSONL against any CoNLL file (ids: IMGID lines, else
     the post's index in the file)."""
-    from riveg.data.conll import read_conll
-    from riveg.evaluation import gmner
-
     try:
         posts = read_conll(gold_path)
     except (ValueError, OSError) as exc:

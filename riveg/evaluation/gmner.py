@@ -14,6 +14,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pycocotools import mask as coco_mask
+
 from riveg.data.conll import Post
 from riveg.data.gmner import GroundedPost, ground_post
 from riveg.evaluation.predictions import PredEntity, PredPost
@@ -38,8 +40,6 @@ def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
 
 def mask_iou(pred: Mapping[str, Any], gold: Mapping[str, Any]) -> float:
     """Pixel IoU of two COCO RLE masks (``counts`` as bytes); ValueError when sizes differ."""
-    from pycocotools import mask as coco_mask
-
     if list(pred["size"]) != list(gold["size"]):
         raise ValueError(f"mask size {list(pred['size'])} differs from gold {list(gold['size'])}")
     value = float(coco_mask.iou([dict(pred)], [dict(gold)], [0])[0][0])

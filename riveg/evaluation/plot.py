@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from matplotlib.figure import Figure
+
 LABELS = {
     "gmner_f1": ("GMNER", "-", "o"),
     "eeg_f1": ("EEG (no type)", "-", "s"),
@@ -17,18 +19,15 @@ LABELS = {
 
 def write_sweep(sweep: dict[str, Any], out_dir: str | Path, title: str = "") -> dict[str, str]:
     """Write ``iou_sweep.json`` and ``iou_sweep.png`` into ``out_dir``; returns their paths."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     json_path, png_path = out / "iou_sweep.json", out / "iou_sweep.png"
     json_path.write_text(json.dumps(sweep, indent=2) + "\n", encoding="utf-8")
 
     thresholds = sweep["thresholds"]
-    figure, axes = plt.subplots(figsize=(7, 4.5), dpi=120)
+    # Figure without pyplot: Agg renders the PNG, no global backend or figure registry.
+    figure = Figure(figsize=(7, 4.5), dpi=120)
+    axes = figure.subplots()
     for key, (label, style, marker) in LABELS.items():
         if key not in sweep:
             continue
@@ -44,5 +43,4 @@ def write_sweep(sweep: dict[str, Any], out_dir: str | Path, title: str = "") -> 
     axes.set_title(title or "F1 against the grounding IoU threshold", fontsize=11)
     figure.tight_layout()
     figure.savefig(png_path)
-    plt.close(figure)
     return {"json": str(json_path), "png": str(png_path)}

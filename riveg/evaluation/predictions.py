@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pycocotools import mask as coco_mask
+
 from riveg.data.conll import normalise_type
 
 Box = tuple[float, float, float, float]
@@ -86,8 +88,6 @@ def _mask(value: Any, where: str) -> dict[str, Any] | None:
         raise PredictionError(
             f"{where}: 'mask' must be null or COCO RLE {{'size': [h, w], 'counts': str}}"
         )
-    from pycocotools import mask as coco_mask
-
     rle = {"size": size, "counts": counts.encode()}
     try:
         area = int(coco_mask.area(rle))

@@ -6,6 +6,8 @@ from collections import Counter
 from collections.abc import Hashable, Iterable, Sequence
 from typing import Any
 
+from riveg.data.conll import bio_spans
+
 
 def prf(tp: int, n_pred: int, n_gold: int) -> dict[str, Any]:
     """Precision, recall and F1 as fractions (0 where undefined), with the counts."""
@@ -55,8 +57,6 @@ def score_tags(
 ) -> dict[str, Any]:
     """Entity-level scores of per-post BIO tag sequences (the model evaluation's entry point):
     spans from ``bio_spans`` as (first token, last token + 1, type), then ``score_spans``."""
-    from riveg.data.conll import bio_spans
-
     for index, (gold_post, pred_post) in enumerate(zip(gold_tags, pred_tags, strict=False)):
         if len(gold_post) != len(pred_post):
             raise ValueError(

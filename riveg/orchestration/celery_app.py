@@ -71,7 +71,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             broker_url="memory://",
             result_backend="cache+memory://",
             task_always_eager=True,
-            task_eager_propagates=True,
+            # Errors stay in the eager result (a failed step still stops its chain), so that a
+            # step's declared retries run in embedded mode too (at once: eager mode has no
+            # countdown).
+            task_eager_propagates=False,
             task_store_eager_result=False,
         )
     else:

@@ -25,6 +25,7 @@ from riveg.orchestration.overlay import render_overlay
 from riveg.orchestration.pipeline import submit_post
 from riveg.orchestration.runtime import EmbeddedCluster, Runtime, set_runtime
 from riveg.orchestration.tasks import PostError
+from riveg.serving.client import StageCallError
 from riveg.serving.server import StageServer
 from riveg.serving.stages import build_stage
 
@@ -108,7 +109,7 @@ def analyze(
         try:
             submission = submit_post(runtime, text, image_bytes, post_id, knowledge, image_id)
             result = submission.get(timeout)
-        except (PostError, InvalidInput) as exc:
+        except (PostError, InvalidInput, StageCallError) as exc:
             raise click.ClickException(str(exc)) from exc
     log.info("analyzed", wall_s=round(time.perf_counter() - started, 2))
     if out_dir:

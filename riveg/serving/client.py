@@ -34,11 +34,16 @@ def channel_options(settings: Settings) -> list[tuple[str, int]]:
 class StageCallError(RuntimeError):
     """A stage RPC failed; carries the stage, the gRPC status code and the server's message."""
 
-    def __init__(self, stage: str, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(f"{stage} stage failed ({code.name}): {details}")
+    def __init__(self, stage: str, code: grpc.StatusCode | str, details: str) -> None:
+        # Plain-string args: Celery's JSON result backend rebuilds the error as this class.
+        status = code if isinstance(code, grpc.StatusCode) else grpc.StatusCode[code]
+        super().__init__(stage, status.name, details)
         self.stage = stage
-        self.code = code
+        self.code = status
         self.details = details
+
+    def __str__(self) -> str:
+        return f"{self.stage} stage failed ({self.code.name}): {self.details}"
 
 
 class TransientStageError(StageCallError):

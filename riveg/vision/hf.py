@@ -70,9 +70,9 @@ def clip_box(box: list[float], width: int, height: int) -> list[float]:
 
 def torch_threads(settings: Any) -> None:
     """Apply RIVEG_MODELS_TORCH_THREADS (0 keeps torch's default)."""
-    import torch
+    import torch  # lazy: only model-store backends need torch; the default ones never load it
 
-    if getattr(settings, "torch_threads", 0):
+    if settings.models.torch_threads:
         torch.set_num_threads(settings.models.torch_threads)
 
 

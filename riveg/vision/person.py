@@ -11,6 +11,7 @@ import threading
 from dataclasses import dataclass
 
 import cv2
+import mediapipe as mp
 import numpy as np
 
 MIN_REGION_FRACTION = 0.005
@@ -57,8 +58,6 @@ class PersonDetector:
     version = "0.10.21"
 
     def __init__(self, min_confidence: float = 0.5) -> None:
-        import mediapipe as mp
-
         self.min_confidence = min_confidence
         solutions = mp.solutions
         self._faces = solutions.face_detection.FaceDetection(

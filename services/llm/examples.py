@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from riveg.core.logging import get_logger
+from riveg.data.conll import shared_datasets_dir
+from services.mner.msea import ExampleSelector
 
 log = get_logger("services.llm.examples")
 
@@ -55,9 +57,6 @@ _selectors_lock = threading.Lock()
 
 
 def _shared_selector(datasets: tuple[str, ...], cache_dir: Path | None):  # type: ignore[no-untyped-def]
-    from riveg.data.conll import shared_datasets_dir
-    from services.mner.msea import ExampleSelector
-
     key = (datasets, cache_dir, shared_datasets_dir())
     with _selectors_lock:
         if key not in _selectors:

@@ -15,6 +15,7 @@ from pathlib import Path
 from riveg.core.logging import get_logger
 from riveg.core.storage import ObjectNotFound
 from riveg.data.conll import read_knowledge, shared_datasets_dir
+from services.mner.data import split_words
 
 log = get_logger("services.llm.replay")
 
@@ -28,8 +29,6 @@ class ReplayMiss(ObjectNotFound):
 
 def normalise_text(text: str) -> str:
     """The replay key of a post: NFKC, benchmark word split, single spaces, case-folded."""
-    from services.mner.data import split_words
-
     words, _ = split_words(unicodedata.normalize("NFKC", text))
     return " ".join(words).casefold()
 

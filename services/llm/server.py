@@ -32,8 +32,11 @@ class LlmServicer(StageServicer, llm_pb2_grpc.LlmServiceServicer):
 
     @classmethod
     def create_models(cls, settings: Settings, store: ObjectStore | None) -> ModelManager:
-        """RIVEG_LLM_KNOWLEDGE_BACKEND and RIVEG_LLM_EXPAND_BACKEND (both default to
+        """The model RIVEG_LLM_MODEL names (for both jobs) when set; else
+        RIVEG_LLM_KNOWLEDGE_BACKEND and RIVEG_LLM_EXPAND_BACKEND (both default to
         RIVEG_LLM_BACKEND) behind one router, each backend created once."""
+        if settings.llm.model:
+            return super().create_models(settings, store)
         router = LlmRouter(settings, store)
         return ModelManager("llm", LLM_BACKENDS, settings, router, router.backend_name)
 

@@ -5,25 +5,36 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import click
+import torch
+from transformers.utils import logging as hf_logging
+
+from riveg.core.config import get_settings
+from services.mner.data import load_posts, split_paths
+from services.mner.evaluate import predict_spans, score_posts
+from services.mner.model import (
+    TaggerConfig,
+    average_taggers,
+    default_encoder_dir,
+    default_model_dir,
+    load_tagger,
+    save_tagger,
+)
+from services.mner.msea import ExampleSelector
+from services.mner.train import TrainOptions, train
 
 
 def _threads(threads: int | None) -> None:
-    import torch
-
-    from riveg.core.config import get_settings
-
-    count = threads if threads is not None else get_settings().torch_threads
+    count = threads if threads is not None else get_settings().models.torch_threads
     if count and count > 0:
         torch.set_num_threads(count)
 
 
 def _quiet_transformers() -> None:
-    from transformers.utils import logging as hf_logging
-
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
 
@@ -115,10 +126,6 @@ def mner_group() -> None:
 @click.option("--json", "as_json", is_flag=True)
 def train_command(**kw: Any) -> None:
     """Train an MNER model; the best dev checkpoint is written to OUT/best."""
-    from services.mner.data import load_posts, split_paths
-    from services.mner.model import TaggerConfig, default_encoder_dir
-    from services.mner.train import TrainOptions, train
-
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
     _threads(kw["threads"])
     _quiet_transformers()
@@ -216,12 +223,6 @@ def eval_command(
     as_json: bool,
 ) -> None:
     """Entity-level precision, recall and F1 (overall and per type) of a model on a file."""
-    import time
-
-    from services.mner.data import load_posts
-    from services.mner.evaluate import predict_spans, score_posts
-    from services.mner.model import default_model_dir, load_tagger
-
     _threads(threads)
     _quiet_transformers()
     folder = Path(model_dir) if model_dir else default_model_dir()
@@ -267,8 +268,6 @@ def average_command(sources: tuple[str, ...], out_dir: str) -> None:
     """Average the weights of models fine-tuned from the same encoder (a "model soup").
 
     SOURCES are model folders (the first one gives the settings) or runs' last/state.pt."""
-    from services.mner.model import average_taggers, save_tagger
-
     _quiet_transformers()
     try:
         tagger, encoder = average_taggers(list(sources))
@@ -294,14 +293,13 @@ def examples_command(
     text: str, caption: str, count: int, datasets: tuple[str, ...], as_json: bool
 ) -> None:
     """MSEA: the hand-annotated in-context examples most similar to a post."""
-    from riveg.core.config import get_settings
-    from services.mner.msea import ExampleSelector
-
     _quiet_transformers()
     if count < 1:
         raise click.BadParameter("must be at least 1", param_hint="-n")
     try:
-        selector = ExampleSelector.from_datasets(datasets, cache_dir=get_settings().cache_dir)
+        selector = ExampleSelector.from_datasets(
+            datasets, cache_dir=get_settings().models.cache_dir
+        )
     except (ValueError, FileNotFoundError) as err:
         raise click.ClickException(str(err)) from err
     picked = selector.scored(text, caption or None, count)

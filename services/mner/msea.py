@@ -12,8 +12,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
+from transformers import AutoModel, AutoTokenizer
 
 from services.mner.data import Example, read_examples
+from services.mner.model import default_encoder_dir
 
 Embed = Callable[[Sequence[str]], torch.Tensor]
 
@@ -22,10 +24,6 @@ class SentenceEmbedder:
     """Mean-pooled, L2-normalised sentence embeddings from a local Hugging Face encoder."""
 
     def __init__(self, model_dir: str | Path | None = None, max_length: int = 256) -> None:
-        from transformers import AutoModel, AutoTokenizer
-
-        from services.mner.model import default_encoder_dir
-
         self.model_dir = Path(model_dir) if model_dir else default_encoder_dir()
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir), local_files_only=True)
         self.model = AutoModel.from_pretrained(str(self.model_dir), local_files_only=True).eval()

@@ -10,6 +10,7 @@ import numpy as np
 from riveg.core.logging import get_logger
 from riveg.serving.backend import Backend, BackendRegistry
 from riveg.vision.hf import WARM_IMAGE, model_folder, model_options, torch_threads
+from services.seg.selfie import SelfieSegmenter
 
 SEG_BACKENDS: BackendRegistry[SegBackend] = BackendRegistry("seg")
 log = get_logger("riveg.seg")
@@ -104,8 +105,6 @@ class SelfieSegBackend(GrabCutSegBackend):
     MIN_PERSON_FRACTION = 0.15
 
     def _load(self) -> None:
-        from services.seg.selfie import SelfieSegmenter
-
         super()._load()
         self.selfie = SelfieSegmenter()
 
@@ -145,7 +144,7 @@ class SamSegBackend(SegBackend):
     version = "1"
 
     def _load(self) -> None:
-        from transformers import SamModel, SamProcessor
+        from transformers import SamModel, SamProcessor  # optional backend: only when chosen
 
         torch_threads(self.settings)
         folder = model_folder(self)
@@ -155,7 +154,7 @@ class SamSegBackend(SegBackend):
     def segment(self, image: np.ndarray, boxes: list[list[float]]) -> list[np.ndarray]:
         if not boxes:
             return []
-        import torch
+        import torch  # lazy: model-store backend only; the default backend never loads torch
 
         inputs = self.processor(
             images=image, input_boxes=[[list(map(float, b)) for b in boxes]], return_tensors="pt"
@@ -189,7 +188,7 @@ class SegmentAnythingSegBackend(SegBackend):
         folder = model_folder(self)
         options = model_options(folder, "riveg-seg.json")
         try:
-            from segment_anything import SamPredictor, sam_model_registry
+            from segment_anything import SamPredictor, sam_model_registry  # optional package
         except Exception as exc:  # ImportError, or torchvision failing inside it
             raise RuntimeError(
                 "the segment-anything backend needs the segment_anything package and a working "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+import mediapipe as mp
 import numpy as np
 
 
@@ -15,8 +16,6 @@ class SelfieSegmenter:
     version = "0.10.21"
 
     def __init__(self) -> None:
-        import mediapipe as mp
-
         self._graph = mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=0)
         self._lock = threading.Lock()  # MediaPipe graphs are not thread-safe
 

@@ -17,6 +17,8 @@ from riveg.vision.hf import (
     query_text,
     torch_threads,
 )
+from riveg.vision.person import PersonDetector
+from services.ve.groundability import WEIGHTS, Embedder, GroundabilityModel, features
 
 VE_BACKENDS: BackendRegistry[VeBackend] = BackendRegistry("ve")
 
@@ -44,8 +46,6 @@ class PersonVeBackend(VeBackend):
     version = "0.10.21"
 
     def _load(self) -> None:
-        from riveg.vision.person import PersonDetector
-
         self.detector = PersonDetector()
 
     def entail(self, image: np.ndarray, entities: list[dict[str, Any]]) -> list[tuple[bool, float]]:
@@ -78,9 +78,6 @@ class GroundabilityVeBackend(VeBackend):
     PER_FLOOR = 0.25
 
     def _load(self) -> None:
-        from riveg.vision.person import PersonDetector
-        from services.ve.groundability import WEIGHTS, Embedder, GroundabilityModel
-
         weights = WEIGHTS if self.model_dir is None else Path(self.model_dir) / "groundability.npz"
         self.text_model = GroundabilityModel.load(weights)
         self.embed = Embedder(threads=self.settings.models.torch_threads)
@@ -88,8 +85,6 @@ class GroundabilityVeBackend(VeBackend):
 
     def text_probabilities(self, entities: list[dict[str, Any]]) -> np.ndarray:
         """P(groundable) of each entity from its type and text alone."""
-        from services.ve.groundability import features
-
         return self.text_model.probability(features(self.embed, [entities]))
 
     def entail(self, image: np.ndarray, entities: list[dict[str, Any]]) -> list[tuple[bool, float]]:
@@ -123,6 +118,7 @@ class ClipVeBackend(VeBackend):
     version = "1"
 
     def _load(self) -> None:
+        # optional backend: seconds to import, only when chosen
         from transformers import AutoModel, AutoProcessor
 
         torch_threads(self.settings)
@@ -136,7 +132,7 @@ class ClipVeBackend(VeBackend):
 
     def similarities(self, image: np.ndarray, entities: list[dict[str, Any]]) -> np.ndarray:
         """Cosine similarity of the image with each entity's expression."""
-        import torch
+        import torch  # lazy: model-store backend only; the default backend never loads torch
 
         inputs = self.processor(
             text=[query_text(e) for e in entities],
@@ -177,6 +173,7 @@ class ItmVeBackend(VeBackend):
     version = "1"
 
     def _load(self) -> None:
+        # optional backend: seconds to import, only when chosen
         from transformers import BlipForImageTextRetrieval, BlipProcessor
 
         torch_threads(self.settings)
@@ -188,7 +185,7 @@ class ItmVeBackend(VeBackend):
 
     def match_probabilities(self, image: np.ndarray, entities: list[dict[str, Any]]) -> np.ndarray:
         """P(the expression matches the image) per entity."""
-        import torch
+        import torch  # lazy: model-store backend only; the default backend never loads torch
 
         pixels = self.processor(images=image, return_tensors="pt")["pixel_values"]
         text = self.processor.tokenizer(

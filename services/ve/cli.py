@@ -8,6 +8,17 @@ import time
 from pathlib import Path
 
 import click
+import numpy as np
+
+from services.ve.groundability import (
+    WEIGHTS,
+    Embedder,
+    GroundabilityModel,
+    features,
+    labelled,
+    scores,
+    train,
+)
 
 
 def _echo_result(result: dict, as_json: bool) -> None:
@@ -53,17 +64,6 @@ def ve_eval(data: Path, xml_dir: Path, weights: Path | None, as_json: bool) -> N
     """Score groundability of the gold entities of DATA (text side only: no images, detector
     evidence off): accuracy, precision, recall, F1 of "groundable" as fractions, with the
     majority-class and "every PER is groundable" baselines."""
-    import numpy as np
-
-    from services.ve.groundability import (
-        WEIGHTS,
-        Embedder,
-        GroundabilityModel,
-        features,
-        labelled,
-        scores,
-    )
-
     try:
         model = GroundabilityModel.load(weights or WEIGHTS)
         posts, gold = labelled(data, xml_dir)
@@ -110,8 +110,6 @@ def ve_eval(data: Path, xml_dir: Path, weights: Path | None, as_json: bool) -> N
 @click.option("--json", "as_json", is_flag=True, help="one JSON object as the last line")
 def ve_train(data: Path, xml_dir: Path, out: Path | None, as_json: bool) -> None:
     """Fit the groundability logistic regression on DATA (C by 5-fold cross-validation)."""
-    from services.ve.groundability import WEIGHTS, Embedder, features, labelled, train
-
     try:
         posts, gold = labelled(data, xml_dir)
     except (FileNotFoundError, ValueError) as exc:

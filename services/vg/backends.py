@@ -19,6 +19,7 @@ from riveg.vision.hf import (
     query_text,
     torch_threads,
 )
+from riveg.vision.person import PersonDetector
 
 VG_BACKENDS: BackendRegistry[VgBackend] = BackendRegistry("vg")
 
@@ -50,8 +51,6 @@ class PersonVgBackend(VgBackend):
     version = "0.10.21"
 
     def _load(self) -> None:
-        from riveg.vision.person import PersonDetector
-
         self.detector = PersonDetector()
 
     def ground(self, image: np.ndarray, entities: list[dict[str, Any]]) -> list[Grounding]:
@@ -79,7 +78,6 @@ class _DetectorVgBackend(VgBackend):
     DEFAULT_THRESHOLD: ClassVar[float] = 0.1
 
     def _load(self) -> None:
-
         torch_threads(self.settings)
         folder = model_folder(self)
         self.threshold = float(
@@ -93,7 +91,7 @@ class _DetectorVgBackend(VgBackend):
     def ground(self, image: np.ndarray, entities: list[dict[str, Any]]) -> list[Grounding]:
         if not entities:
             return []
-        import torch
+        import torch  # lazy: model-store backend only; the default backend never loads torch
 
         height, width = image.shape[:2]
         with torch.inference_mode():
@@ -123,7 +121,7 @@ class OwlVgBackend(_DetectorVgBackend):
     name = "owl"
 
     def _load_model(self, folder: Path) -> None:
-        from transformers import (
+        from transformers import (  # optional backend: seconds to import, only when chosen
             AutoConfig,
             Owlv2ForObjectDetection,
             Owlv2Processor,
@@ -172,6 +170,7 @@ class GroundingDinoVgBackend(_DetectorVgBackend):
     DEFAULT_THRESHOLD = 0.25
 
     def _load_model(self, folder: Path) -> None:
+        # optional backend: seconds to import, only when chosen
         from transformers import GroundingDinoForObjectDetection, GroundingDinoProcessor
 
         self.processor = GroundingDinoProcessor.from_pretrained(folder, local_files_only=True)
@@ -182,7 +181,7 @@ class GroundingDinoVgBackend(_DetectorVgBackend):
     def _best_boxes(
         self, image: np.ndarray, queries: list[str]
     ) -> tuple[list[float], list[list[float]]]:
-        import torch
+        import torch  # lazy: model-store backend only; the default backend never loads torch
 
         spans, parts, position = [], [], 0
         for query in queries:

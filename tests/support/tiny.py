@@ -11,6 +11,30 @@ import json
 import tempfile
 from pathlib import Path
 
+import transformers as tf
+from transformers import (
+    AutoTokenizer,
+    BertConfig,
+    BlipConfig,
+    BlipForImageTextRetrieval,
+    BlipImageProcessor,
+    BlipProcessor,
+    CLIPConfig,
+    CLIPImageProcessor,
+    CLIPModel,
+    CLIPProcessor,
+    CLIPTokenizer,
+    GroundingDinoConfig,
+    GroundingDinoForObjectDetection,
+    GroundingDinoImageProcessor,
+    GroundingDinoProcessor,
+    SamConfig,
+    SamImageProcessor,
+    SamModel,
+    SamProcessor,
+    SwinConfig,
+)
+
 from riveg.serving.modelstore import MANIFEST
 
 
@@ -25,8 +49,6 @@ def _byte_vocab() -> dict[str, int]:
 
 def clip_tokenizer():  # type: ignore[no-untyped-def]
     """A CLIP tokenizer with a byte-level vocabulary (no merges)."""
-    from transformers import CLIPTokenizer
-
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         (folder / "vocab.json").write_text(json.dumps(_byte_vocab()))
@@ -66,8 +88,6 @@ def _vision_config(image_size: int, patch: int) -> dict:
 
 def save_tiny_clip(folder: Path) -> Path:
     """CLIPModel + CLIPProcessor (64 px images) for the ``clip`` VE backend."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
-
     tokenizer = clip_tokenizer()
     config = CLIPConfig(
         text_config=_text_config(len(tokenizer)),
@@ -82,8 +102,6 @@ def save_tiny_clip(folder: Path) -> Path:
 
 def save_tiny_owl(folder: Path, v2: bool = True) -> Path:
     """OWLv2 (``v2``) or OWL-ViT detector + processor (64 px) for the ``owl`` VG backend."""
-    import transformers as tf
-
     tokenizer = clip_tokenizer()
     prefix = "Owlv2" if v2 else "OwlViT"
     config = getattr(tf, f"{prefix}Config")(
@@ -104,16 +122,6 @@ def save_tiny_owl(folder: Path, v2: bool = True) -> Path:
 def save_tiny_grounding_dino(folder: Path, bert_vocab: Path) -> Path:
     """Grounding DINO (tiny Swin backbone, 1-layer BERT text encoder over ``bert_vocab``'s
     vocabulary) + processor for the ``grounding-dino`` VG backend."""
-    from transformers import (
-        AutoTokenizer,
-        BertConfig,
-        GroundingDinoConfig,
-        GroundingDinoForObjectDetection,
-        GroundingDinoImageProcessor,
-        GroundingDinoProcessor,
-        SwinConfig,
-    )
-
     tokenizer = AutoTokenizer.from_pretrained(str(bert_vocab), local_files_only=True)
     backbone = SwinConfig(
         embed_dim=8,
@@ -157,8 +165,6 @@ def save_tiny_grounding_dino(folder: Path, bert_vocab: Path) -> Path:
 
 def save_tiny_sam(folder: Path) -> Path:
     """SamModel (64 px ViT encoder) + SamProcessor for the ``sam`` SEG backend."""
-    from transformers import SamConfig, SamImageProcessor, SamModel, SamProcessor
-
     vision = {
         "hidden_size": 32,
         "num_hidden_layers": 1,
@@ -194,14 +200,6 @@ def save_tiny_sam(folder: Path) -> Path:
 def save_tiny_blip_itm(folder: Path, bert_vocab: Path) -> Path:
     """BLIP image-text matching (BlipForImageTextRetrieval, ITM head; 64 px, BERT vocabulary of
     ``bert_vocab``) + processor for the ``itm`` VE backend."""
-    from transformers import (
-        AutoTokenizer,
-        BlipConfig,
-        BlipForImageTextRetrieval,
-        BlipImageProcessor,
-        BlipProcessor,
-    )
-
     tokenizer = AutoTokenizer.from_pretrained(str(bert_vocab), local_files_only=True)
     text = {**_text_config(tokenizer.vocab_size), "encoder_hidden_size": 32}
     text["bos_token_id"] = tokenizer.cls_token_id
