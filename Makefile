@@ -35,7 +35,7 @@ up: $(STAMP)
 	$(BIN)/riveg up
 
 lint: $(STAMP)
-	$(BIN)/ruff check . && $(BIN)/ruff format --check riveg/common riveg/orchestration services tests
+	$(BIN)/ruff check . && $(BIN)/ruff format --check riveg/core riveg/serving riveg/orchestration services tests
 
 protos: $(STAMP)
 	$(BIN)/python scripts/gen_protos.py

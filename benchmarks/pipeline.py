@@ -24,6 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from riveg.core.stages import STAGES  # noqa: E402
 from riveg.data.conll import read_conll, shared_datasets_dir  # noqa: E402
 from riveg.orchestration.launcher import port_open  # noqa: E402
 from riveg.sample import SAMPLE_IMAGE, SAMPLE_TEXT  # noqa: E402
@@ -121,7 +122,7 @@ def main() -> int:
                 RIVEG_BROKER_QUEUE_PREFIX=f"riveg-bench-{uuid.uuid4().hex[:6]}",
                 RIVEG_STORE_KIND="s3", RIVEG_S3_ENDPOINT=f"127.0.0.1:{free_port()}",
                 **{f"RIVEG_{s.upper()}_ADDR": f"127.0.0.1:{free_port()}"
-                   for s in ("llm", "mner", "ve", "vg", "seg")},
+                   for s in STAGES},
             )  # fmt: skip
             process, ready = spawn_up(env, work / "up", concurrency=args.concurrency)
             try:

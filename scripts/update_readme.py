@@ -16,6 +16,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from riveg.orchestration.celery_app import STEPS
+
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -54,7 +56,7 @@ def pipeline_section() -> str:
     rows.append("| failed posts | " + " | ".join(str(m.get("failed", "-")) for m in modes) + " |")
     stages = [
         s
-        for s in ("store", "knowledge", "mner", "expand", "ve", "vg", "seg", "assemble")
+        for s in STEPS
         if any(s in m.get("stage_latency", {}) for m in modes)
     ]
     for stage in stages:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from riveg.core.config import load_settings, settings_env
+from riveg.core.config import ConfigError, load_settings, settings_env, unknown_variables
 from riveg.core.storage import LocalObjectStore, ObjectNotFound, S3ObjectStore, open_store
 
 
@@ -30,9 +33,11 @@ def test_credentials_are_secret(monkeypatch) -> None:
     """No credential shows in a repr or a log line of the settings."""
     monkeypatch.setenv("RIVEG_S3_SECRET_KEY", "s3-very-secret")
     monkeypatch.setenv("RIVEG_LLM_API_KEY", "sk-very-secret")
+    monkeypatch.setenv("RIVEG_BROKER_URL", "amqp://riveg:very-secret@rabbitmq:5672//")
     settings = load_settings()
     assert "very-secret" not in repr(settings)
     assert settings.llm.api_key.get_secret_value() == "sk-very-secret"
+    assert not settings.embedded and settings.store.kind == "s3"
 
 
 def test_settings_env_rebuilds_the_same_settings(tmp_path, monkeypatch) -> None:
@@ -45,6 +50,29 @@ def test_settings_env_rebuilds_the_same_settings(tmp_path, monkeypatch) -> None:
     for name, value in settings_env(settings).items():
         monkeypatch.setenv(name, value)
     assert load_settings() == settings
+
+
+def test_unknown_keys_are_one_line_errors(tmp_path, monkeypatch) -> None:
+    """A key from before the sections, or a typo inside one, is refused with its name, in one
+    line; never silently ignored (``broker_url = ...`` would otherwise mean embedded mode)."""
+    config = tmp_path / "old.toml"
+    config.write_text('broker_url = "amqp://x"\n')
+    with pytest.raises(ConfigError, match="'broker_url' is not a section") as error:
+        load_settings(config)
+    assert "\n" not in str(error.value)
+    monkeypatch.setenv("RIVEG_LLM_API_BAS", "http://x")
+    with pytest.raises(ConfigError, match=r"RIVEG_LLM_API_BAS \(\[llm\] api_bas\): Extra inputs"):
+        load_settings()
+    monkeypatch.delenv("RIVEG_LLM_API_BAS")
+    monkeypatch.setenv("RIVEG_GRPC_WORKERS", "abc")
+    with pytest.raises(ConfigError, match=r"RIVEG_GRPC_WORKERS .*valid integer.*\(got 'abc'\)"):
+        load_settings()
+
+
+def test_variables_of_no_section_are_reported() -> None:
+    environ = {"RIVEG_CACHE_DIR": "/x", "RIVEG_MODELS_CACHE_DIR": "/y", "RIVEG_CONFIG": "a.toml",
+               "RIVEG_DATASETS": "/d", "PATH": "/bin"}  # fmt: skip
+    assert unknown_variables(environ) == ["RIVEG_CACHE_DIR"]
 
 
 def test_unknown_flat_setting_is_refused() -> None:
@@ -110,3 +138,23 @@ def test_s3_store_against_nanio(s3_server, monkeypatch) -> None:
     assert isinstance(store, S3ObjectStore)
     _exercise(store)
     store.ensure_bucket()  # idempotent
+
+
+def test_commands_report_a_bad_environment_in_one_line(tmp_path) -> None:
+    """Importing the commands parses no settings (the Celery app reads them on first use), so a
+    bad value gives the command's one-line error, and --help still works."""
+    env = {**os.environ, "RIVEG_GRPC_WORKERS": "abc", "RIVEG_STORE_PATH": str(tmp_path)}
+    riveg = str(Path(sys.executable).parent / "riveg")
+    helped = subprocess.run([riveg, "--help"], env=env, capture_output=True, text=True, timeout=120)
+    assert helped.returncode == 0, helped.stderr
+    done = subprocess.run(
+        [riveg, "worker", "pipeline", "--broker", "amqp://guest:guest@127.0.0.1:1//"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert (
+        done.stderr.strip()
+        .splitlines()[-1]
+        .startswith("Error: bad configuration: RIVEG_GRPC_WORKERS ([grpc] workers)")
+    )

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from riveg.core.stages import STAGES
 from riveg.orchestration.launcher import port_open
 from riveg.orchestration.pipeline import submit_post
 from tests.conftest import SAMPLE_IMAGE
@@ -48,7 +49,7 @@ def distributed(tmp_path_factory: pytest.TempPathFactory):
         "RIVEG_STORE_KIND": "s3", "RIVEG_S3_ENDPOINT": f"127.0.0.1:{free_port()}",
         "RIVEG_S3_BUCKET": "riveg-it", "RIVEG_LOG_FORMAT": "json",
         **{f"RIVEG_{s.upper()}_ADDR": f"127.0.0.1:{free_port()}"
-           for s in ("llm", "mner", "ve", "vg", "seg")},
+           for s in STAGES},
     })  # fmt: skip
     try:
         process, ready = spawn_up(env, state, concurrency=2)

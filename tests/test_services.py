@@ -104,7 +104,7 @@ def test_llm_expands_each_entity_into_a_referring_expression(cluster) -> None:
 def test_llm_server_refuses_a_call_with_too_little_deadline_left(cluster) -> None:
     """The LLM *server* refuses a call with less than MIN_DEADLINE_S (0.05 s) left of its
     deadline: DEADLINE_EXCEEDED with check_deadline's "<s>s left of the deadline", before any
-    model (or cache) time. A 0.03 s deadline reaches the server over loopback; a try that
+    model (or cache) time. A 0.04 s deadline reaches the server over loopback; a try that
     expired on the client first ("Deadline Exceeded") is tried again, a few times at most."""
     from services.llm.server import MIN_DEADLINE_S
 
@@ -114,9 +114,9 @@ def test_llm_server_refuses_a_call_with_too_little_deadline_left(cluster) -> Non
     llm = cluster.client("llm")
     llm.call("Expand", request)  # a cached answer now waits: still refused below
     refusals, client_expiries = [], []
-    for _ in range(5):
+    for _ in range(10):
         with pytest.raises(StageCallError) as error:
-            llm.call("Expand", request, timeout=0.6 * MIN_DEADLINE_S)
+            llm.call("Expand", request, timeout=0.8 * MIN_DEADLINE_S)
         assert error.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
         if "left of the deadline" in error.value.details:
             refusals.append(error.value.details)
@@ -124,7 +124,7 @@ def test_llm_server_refuses_a_call_with_too_little_deadline_left(cluster) -> Non
         client_expiries.append(error.value.details)
     assert refusals, f"the server never refused the call; client-side only: {client_expiries}"
     left = float(re.match(r"(-?\d+\.\d+)s left of the deadline", refusals[0]).group(1))
-    assert left < MIN_DEADLINE_S
+    assert left <= MIN_DEADLINE_S  # the message rounds to 0.01 s
 
 
 def test_llm_server_deadline_floor_is_what_decides(cluster, monkeypatch) -> None:

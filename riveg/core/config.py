@@ -9,12 +9,21 @@ flags, :func:`load_settings` keywords), the environment, the TOML file, the defa
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from contextvars import ContextVar
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -22,7 +31,10 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from riveg.core.logging import get_logger
 from riveg.core.stages import STAGE_TABLE, get_stage
+
+log = get_logger("riveg.config")
 
 
 def default_cache_dir() -> Path:
@@ -31,15 +43,34 @@ def default_cache_dir() -> Path:
     return Path(base) / "riveg"
 
 
-class BrokerSettings(BaseModel):
+class Section(BaseModel):
+    """A settings section: an unknown key (a typo, a renamed setting) is an error, not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class BrokerSettings(Section):
     """Celery's broker and result backend."""
 
-    url: str | None = Field(None, description="Celery broker; unset = embedded mode")
-    result_backend: str = Field("redis://127.0.0.1:6379/0", description="Celery result backend")
+    url: SecretStr | None = Field(
+        None,
+        description="Celery broker URL (a Secret in k8s: it holds the password); unset = "
+        "embedded mode",
+    )
+    result_backend: SecretStr = Field(
+        SecretStr("redis://127.0.0.1:6379/0"), description="Celery result backend URL"
+    )
+
+    @field_validator("url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        """An empty broker URL is no broker (embedded mode)."""
+        return None if value == "" else value
+
     queue_prefix: str = Field("riveg", description="Celery queues are `<prefix>.<stage>`")
 
 
-class PipelineSettings(BaseModel):
+class PipelineSettings(Section):
     """The per-post chain: which steps run, how long one may take, how failures are retried."""
 
     knowledge: bool = Field(False, description="run the LLM knowledge step before MNER")
@@ -51,7 +82,7 @@ class PipelineSettings(BaseModel):
     )
 
 
-class StoreSettings(BaseModel):
+class StoreSettings(Section):
     """Where images, masks and results live."""
 
     kind: Literal["local", "s3"] | None = Field(
@@ -63,7 +94,7 @@ class StoreSettings(BaseModel):
     )
 
 
-class S3Settings(BaseModel):
+class S3Settings(Section):
     """The S3/MinIO bucket of the `s3` store."""
 
     endpoint: str = Field("127.0.0.1:9000", description="S3/MinIO host:port")
@@ -77,7 +108,7 @@ class S3Settings(BaseModel):
     secure: bool = Field(False, description="use HTTPS to reach S3")
 
 
-class GrpcSettings(BaseModel):
+class GrpcSettings(Section):
     """The stage servers' transport, on both ends."""
 
     port: int | None = Field(None, description="server port override (default: the addr's)")
@@ -87,7 +118,7 @@ class GrpcSettings(BaseModel):
     shutdown_grace_s: float = Field(10.0, description="time in-flight calls get on SIGTERM")
 
 
-class ModelsSettings(BaseModel):
+class ModelsSettings(Section):
     """Where model versions come from and how they run on this machine."""
 
     store_path: Path | None = Field(
@@ -107,14 +138,14 @@ class ModelsSettings(BaseModel):
         return None if value == "" else value
 
 
-class LogSettings(BaseModel):
+class LogSettings(Section):
     """Log lines (always on stderr)."""
 
     format: Literal["json", "console"] = Field("console", description="log lines on stderr")
     level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
 
 
-class StageSettings(BaseModel):
+class StageSettings(Section):
     """What every stage has: where its server is, and the model it serves."""
 
     addr: str = Field("", description="its server's host:port (default: 127.0.0.1:<its port>)")
@@ -179,7 +210,7 @@ class Settings(BaseSettings):
         env_prefix="RIVEG_",
         env_nested_delimiter="_",
         env_nested_max_split=1,
-        extra="ignore",
+        extra="forbid",
     )
 
     broker: BrokerSettings = Field(default_factory=BrokerSettings)
@@ -206,7 +237,7 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         """Explicit values, then the environment, then the TOML file (when one is named)."""
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        toml_file = _toml_file.get()
+        toml_file = _toml_file.get() or os.environ.get("RIVEG_CONFIG") or None
         if toml_file is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
         return tuple(sources)
@@ -220,7 +251,7 @@ class Settings(BaseSettings):
             section.addr = section.addr or stage.default_addr
             section.backend = section.backend or stage.backend
         if self.store.kind is None:
-            self.store.kind = "s3" if self.broker.url else "local"
+            self.store.kind = "local" if self.embedded else "s3"
         return self
 
     def stage(self, name: str) -> StageSettings:
@@ -236,7 +267,7 @@ class Settings(BaseSettings):
     @property
     def embedded(self) -> bool:
         """True when no broker is configured: the whole pipeline runs in this process."""
-        return not self.broker.url
+        return self.broker.url is None
 
 
 _toml_file: ContextVar[Path | None] = ContextVar("riveg_toml_file", default=None)
@@ -259,6 +290,40 @@ def nest(flat: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return nested
 
 
+class ConfigError(ValueError):
+    """The configuration cannot be used as given; the message names each bad setting."""
+
+
+def _one_line(error: ValidationError) -> str:
+    """``RIVEG_GRPC_WORKERS ([grpc] workers): Input should be a valid integer (got 'abc')``."""
+    parts = []
+    for item in error.errors():
+        loc = [str(part) for part in item["loc"]]
+        if len(loc) == 1 and loc[0] not in SECTIONS:
+            parts.append(f"{loc[0]!r} is not a section (sections: {', '.join(SECTIONS)})")
+            continue
+        where = f"RIVEG_{'_'.join(loc).upper()} ([{loc[0]}] {'.'.join(loc[1:])})"
+        got = f" (got {item['input']!r})" if item["type"] != "missing" else ""
+        parts.append(f"{where}: {item['msg']}{got}")
+    return "; ".join(parts)
+
+
+NOT_SETTINGS = frozenset({"RIVEG_CONFIG", "RIVEG_DATASETS"})
+"""RIVEG_* variables that are read elsewhere: the TOML file's path, the datasets' folder."""
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """RIVEG_* variables that name no section, e.g. a name from before the sections
+    (``RIVEG_CACHE_DIR`` is now ``RIVEG_MODELS_CACHE_DIR``); they have no effect."""
+    return sorted(
+        name
+        for name in environ
+        if name.startswith("RIVEG_")
+        and name not in NOT_SETTINGS
+        and name[len("RIVEG_") :].split("_", 1)[0].lower() not in SECTIONS
+    )
+
+
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
     """Settings from explicit flat overrides (``broker_url=...``; None = not given), then the
     environment, then a TOML file (``config_file`` or ``RIVEG_CONFIG``)."""
@@ -268,9 +333,14 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         toml_file = Path(path)
         if not toml_file.is_file():
             raise FileNotFoundError(f"the configuration file {toml_file} does not exist")
+    unknown = unknown_variables(os.environ)
+    if unknown:
+        log.warning("ignoring RIVEG_* variables that are not settings", names=unknown)
     token = _toml_file.set(toml_file)
     try:
         return Settings(**nest(overrides))
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc)) from None
     finally:
         _toml_file.reset(token)
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from riveg.core.cli import EXISTING_FILE, xml_option
 from riveg.data.conll import read_conll
 from riveg.data.gmner import read_gmner
 from riveg.evaluation import gmner
@@ -74,19 +75,21 @@ def _emit(scores: dict[str, Any], as_json: bool) -> None:
         click.echo(json.dumps(scores, sort_keys=False))
 
 
-_existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
+_gold_option = click.option(
+    "--gold", "gold_path", required=True, type=EXISTING_FILE, help="CoNLL gold file."
+)
+_pred_option = click.option(
+    "--pred", "pred_path", required=True, type=EXISTING_FILE, help="Result JSONL."
+)
+_json_option = click.option(
+    "--json", "as_json", is_flag=True, help="Print one JSON object as the last line."
+)
 
 
 @eval_group.command("gmner")
-@click.option("--gold", "gold_path", required=True, type=_existing_file, help="CoNLL gold file.")
-@click.option(
-    "--xml",
-    "xml_dir",
-    required=True,
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="Folder of Pascal-VOC xml boxes (<IMGID>.xml).",
-)
-@click.option("--pred", "pred_path", required=True, type=_existing_file, help="Result JSONL.")
+@_gold_option
+@xml_option("Folder of Pascal-VOC xml boxes (<IMGID>.xml).")
+@_pred_option
 @click.option(
     "--iou",
     type=click.FloatRange(0.0, 1.0, min_open=True),
@@ -96,7 +99,7 @@ _existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
 )
 @click.option(
     "--gold-masks",
-    type=_existing_file,
+    type=EXISTING_FILE,
     default=None,
     help="JSONL of gold masks (id + entities with mask) for SMNER/EES.",
 )
@@ -107,7 +110,7 @@ _existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
     default=None,
     help="Write iou_sweep.png and iou_sweep.json (F1 at IoU 0.5..0.95) into this folder.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
+@_json_option
 def gmner_command(
     gold_path: Path,
     xml_dir: Path,
@@ -149,9 +152,9 @@ def gmner_command(
 
 
 @eval_group.command("mner")
-@click.option("--gold", "gold_path", required=True, type=_existing_file, help="CoNLL gold file.")
-@click.option("--pred", "pred_path", required=True, type=_existing_file, help="Result JSONL.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
+@_gold_option
+@_pred_option
+@_json_option
 def mner_command(gold_path: Path, pred_path: Path, as_json: bool) -> None:
     """Score span + type (MNER) of result JSONL against any CoNLL file (ids: IMGID lines, else
     the post's index in the file)."""

@@ -1,15 +1,18 @@
 """The Celery app: JSON only, one queue per stage, results in the result backend, task events on.
 
-This module configures the app from ``RIVEG_*`` when it is imported, so the module that
-``celery -A riveg.orchestration.celery_app`` loads already has the broker, result backend,
-routes and serializers: ``celery -A riveg.orchestration.celery_app inspect ping``, ``result``,
-``events`` and Flower work without extra flags. A command that built its own settings (flags, a
-TOML file) calls :func:`configure_app` with them. Without a broker (embedded mode) tasks run
-eagerly in this process.
+The app's configuration source is ``RIVEG_*`` (and ``RIVEG_CONFIG``), read when Celery first
+needs it, so the module that ``celery -A riveg.orchestration.celery_app`` loads has the broker,
+result backend, routes and serializers: ``celery -A riveg.orchestration.celery_app inspect
+ping``, ``result``, ``events`` and Flower work without extra flags. A command that built its own
+settings (flags, a TOML file) calls :func:`configure_app` with them first, so importing this
+module never parses settings. Without a broker (embedded mode) tasks run eagerly in this
+process.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+from functools import cached_property
 from typing import Any
 
 from celery import Celery
@@ -79,21 +82,36 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         )
     else:
         config.update(
-            broker_url=settings.broker.url,
-            result_backend=settings.broker.result_backend,
+            broker_url=settings.broker.url.get_secret_value(),  # type: ignore[union-attr]
+            result_backend=settings.broker.result_backend.get_secret_value(),
             task_always_eager=False,
         )
     return config
 
 
+class ConfigFromEnvironment(Mapping[str, Any]):
+    """Celery's configuration for the settings of the environment, computed when Celery first
+    reads it (as for ``celery -A``), not when this module is imported."""
+
+    @cached_property
+    def _values(self) -> dict[str, Any]:
+        return celery_config(get_settings())
+
+    def __getitem__(self, key: str) -> Any:
+        return self._values[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+
 app = Celery("riveg", include=["riveg.orchestration.tasks"])
+app.config_from_object(ConfigFromEnvironment())
 
 
 def configure_app(settings: Settings | None = None) -> Celery:
     """Configure the app for the settings (default: from the environment) and return it."""
-    settings = settings or get_settings()
-    app.conf.update(celery_config(settings))
+    app.config_from_object(celery_config(settings or get_settings()))
     return app
-
-
-configure_app()

@@ -40,6 +40,25 @@ broker_option = click.option(
 )
 
 
+def submission_options(timeout_help: str, json_help: str) -> Callable[[Any], Any]:
+    """The options of the commands that submit posts: --knowledge, --timeout, --json, --broker
+    and --config (in that order in --help)."""
+    options = (
+        knowledge_option,
+        click.option("--timeout", default=600.0, show_default=True, help=timeout_help),
+        click.option("--json", "as_json", is_flag=True, help=json_help),
+        broker_option,
+        config_option,
+    )
+
+    def decorate(command: Any) -> Any:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
 @contextmanager
 def pipeline_runtime(settings: Settings) -> Iterator[Any]:
     """The runtime posts are submitted through: an in-process cluster (embedded) or a broker."""
@@ -84,11 +103,7 @@ def write_overlay(result: dict[str, Any], image_bytes: bytes, out_dir: Path) -> 
     "--image-id", help="Benchmark image id: the knowledge step uses its released caption."
 )
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Write JSON + overlay.")
-@knowledge_option
-@click.option("--timeout", default=600.0, show_default=True, help="Seconds to wait (broker).")
-@click.option("--json", "as_json", is_flag=True, help="One-line JSON result.")
-@broker_option
-@config_option
+@submission_options("Seconds to wait (broker).", "One-line JSON result.")
 def analyze(
     text: str,
     image_path: str,
@@ -173,11 +188,7 @@ def _done_ids(out_path: Path) -> set[str]:
     help="Result JSONL (appended; finished posts are skipped on a re-run).",
 )
 @click.option("--window", default=16, show_default=True, help="Posts in flight (broker mode).")
-@knowledge_option
-@click.option("--timeout", default=600.0, show_default=True, help="Seconds to wait for a post.")
-@click.option("--json", "as_json", is_flag=True, help="Summary as one JSON line.")
-@broker_option
-@config_option
+@submission_options("Seconds to wait for a post.", "Summary as one JSON line.")
 def batch(
     input_path: Path,
     images_dir: Path,

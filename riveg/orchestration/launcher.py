@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
+from kombu.utils.url import maybe_sanitize_url
 
 from riveg.core.cli import cli_settings, config_option
 from riveg.core.config import Settings, settings_env
@@ -159,7 +160,7 @@ def _bin(name: str) -> str:
     "--broker",
     "broker_url",
     default=None,
-    help=f"Celery broker URL (default: RIVEG_BROKER_URL or {DEFAULT_BROKER}).",
+    help=f"Celery broker (default: RIVEG_BROKER_URL, the --config file's, else {DEFAULT_BROKER}).",
 )
 @click.option("--concurrency", default=4, show_default=True, help="Threads per worker.")
 @click.option(
@@ -172,8 +173,10 @@ def _bin(name: str) -> str:
 @config_option
 def up(broker_url: str | None, concurrency: int, state_dir: Path, config_file: str | None) -> None:
     """Start the distributed pipeline locally: S3 (if needed), 5 stage servers, 6 workers."""
-    broker = broker_url or os.environ.get("RIVEG_BROKER_URL") or DEFAULT_BROKER
-    settings = cli_settings(config_file, broker_url=broker)
+    settings = cli_settings(config_file, broker_url=broker_url)
+    if settings.embedded:  # no broker from the flag, the environment or the file
+        settings = cli_settings(config_file, broker_url=DEFAULT_BROKER)
+    broker = maybe_sanitize_url(settings.broker.url.get_secret_value())  # type: ignore[union-attr]
     log_dir = state_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     # Every child gets this command's settings (flags and --config included) as RIVEG_*.

@@ -1,4 +1,4 @@
-"""gRPC server and client helpers shared by the five stage services.
+"""The gRPC server every stage runs (the client side is :mod:`riveg.serving.client`).
 
 A stage server = one servicer (transport) + one backend (model), plus what every server needs:
 ``grpc.health.v1`` health checking (NOT_SERVING until the model is loaded), server reflection,

@@ -112,16 +112,8 @@ class OpenAIClient:
 
     def complete(self, prompt: str, max_tokens: int, stop: list[str] | None = None) -> Generation:
         """Greedy ``/completions`` of a raw prompt."""
-        body: dict[str, Any] = {
-            "model": self.model,
-            "prompt": prompt,
-            "max_tokens": max_tokens,
-            "temperature": 0.0,
-        }
-        if stop:
-            body["stop"] = stop
-        reply = self.post("/completions", body)
-        text = _choice(reply, "/completions").get("text")
+        choice, reply = self._greedy("/completions", "prompt", prompt, max_tokens, stop)
+        text = choice.get("text")
         if not isinstance(text, str):
             raise LlmHttpError("/completions reply has no choices[0].text string")
         return Generation(text, *_usage(reply))
@@ -130,20 +122,28 @@ class OpenAIClient:
         self, messages: list[dict[str, Any]], max_tokens: int, stop: list[str] | None = None
     ) -> Generation:
         """Greedy ``/chat/completions`` of a message list."""
+        choice, reply = self._greedy("/chat/completions", "messages", messages, max_tokens, stop)
+        message = choice.get("message")
+        content = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(content, str):
+            raise LlmHttpError("/chat/completions reply has no choices[0].message.content string")
+        return Generation(content, *_usage(reply))
+
+    def _greedy(
+        self, path: str, key: str, value: Any, max_tokens: int, stop: list[str] | None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """POST a greedy request (temperature 0) with the input under ``key`` to ``path``;
+        return the reply's first choice and the whole reply."""
         body: dict[str, Any] = {
             "model": self.model,
-            "messages": messages,
+            key: value,
             "max_tokens": max_tokens,
             "temperature": 0.0,
         }
         if stop:
             body["stop"] = stop
-        reply = self.post("/chat/completions", body)
-        message = _choice(reply, "/chat/completions").get("message")
-        content = message.get("content") if isinstance(message, dict) else None
-        if not isinstance(content, str):
-            raise LlmHttpError("/chat/completions reply has no choices[0].message.content string")
-        return Generation(content, *_usage(reply))
+        reply = self.post(path, body)
+        return _choice(reply, path), reply
 
     def close(self) -> None:
         """Close the connection pool."""

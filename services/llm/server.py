@@ -9,7 +9,13 @@ from riveg.serving.manager import ModelManager
 from riveg.serving.server import check_deadline
 from riveg.serving.servicer import StageServicer, stage_rpc
 from riveg.v1 import llm_pb2, llm_pb2_grpc
-from services.llm.backends import LLM_BACKENDS, LlmBackend, LlmRouter, referring_expression
+from services.llm.backends import (
+    LLM_BACKENDS,
+    GenerativeBackend,
+    LlmBackend,
+    LlmRouter,
+    referring_expression,
+)
 from services.llm.cache import GenerationCache
 from services.llm.describe import Description, ImageDescriber
 
@@ -36,7 +42,10 @@ class LlmServicer(StageServicer, llm_pb2_grpc.LlmServiceServicer):
         RIVEG_LLM_KNOWLEDGE_BACKEND and RIVEG_LLM_EXPAND_BACKEND (both default to
         RIVEG_LLM_BACKEND) behind one router, each backend created once."""
         if settings.llm.model:
-            return super().create_models(settings, store)
+            models = super().create_models(settings, store)
+            if isinstance(models.current, GenerativeBackend) and store and settings.llm.cache:
+                models.current.cache = GenerationCache(store)
+            return models
         router = LlmRouter(settings, store)
         return ModelManager("llm", LLM_BACKENDS, settings, router, router.backend_name)
 

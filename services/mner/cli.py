@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import click
 import torch
 from transformers.utils import logging as hf_logging
 
+from riveg.core.cli import F
 from riveg.core.config import get_settings
 from services.mner.data import load_posts, split_paths
 from services.mner.evaluate import predict_spans, score_posts
@@ -26,6 +28,19 @@ from services.mner.model import (
 )
 from services.mner.msea import ExampleSelector
 from services.mner.train import TrainOptions, train
+
+_FILE = click.Path(exists=True, dir_okay=False)
+_FOLDER = click.Path(exists=True, file_okay=False)
+_threads_option = click.option(
+    "--threads", type=int, default=None, help="torch threads (default RIVEG_MODELS_TORCH_THREADS)"
+)
+
+
+def _out_dir_option(help_text: str) -> Callable[[F], F]:
+    """The required ``--out`` option (parameter ``out_dir``): a folder the command writes."""
+    return click.option(
+        "--out", "out_dir", required=True, type=click.Path(file_okay=False), help=help_text
+    )
 
 
 def _threads(threads: int | None) -> None:
@@ -50,23 +65,17 @@ def mner_group() -> None:
     type=click.Choice(["twitter2015", "twitter2017", "twitter_gmner"]),
     help="a benchmark under the shared datasets folder (train on train, select on dev)",
 )
-@click.option("--train", "train_file", type=click.Path(exists=True, dir_okay=False))
-@click.option("--train-knowledge", type=click.Path(exists=True, dir_okay=False))
-@click.option("--dev", "dev_file", type=click.Path(exists=True, dir_okay=False))
-@click.option("--dev-knowledge", type=click.Path(exists=True, dir_okay=False))
+@click.option("--train", "train_file", type=_FILE)
+@click.option("--train-knowledge", type=_FILE)
+@click.option("--dev", "dev_file", type=_FILE)
+@click.option("--dev-knowledge", type=_FILE)
 @click.option("--no-knowledge", is_flag=True, help="train and select text-only")
 @click.option(
     "--encoder",
-    type=click.Path(exists=True, file_okay=False),
+    type=_FOLDER,
     help="Hugging Face encoder folder (default: the shipped MiniLM-L6)",
 )
-@click.option(
-    "--out",
-    "out_dir",
-    required=True,
-    type=click.Path(file_okay=False),
-    help="run folder: best/ (the model), last/ (resume state), metrics.jsonl",
-)
+@_out_dir_option("run folder: best/ (the model), last/ (resume state), metrics.jsonl")
 @click.option("--epochs", default=4, show_default=True)
 @click.option("--batch-size", default=32, show_default=True)
 @click.option("--lr", default=5e-5, show_default=True)
@@ -117,12 +126,10 @@ def mner_group() -> None:
 @click.option("--resume", is_flag=True, help="continue after the last finished epoch")
 @click.option(
     "--init-model",
-    type=click.Path(exists=True, file_okay=False),
+    type=_FOLDER,
     help="start from this saved model (fresh optimiser and schedule)",
 )
-@click.option(
-    "--threads", type=int, default=None, help="torch threads (default RIVEG_MODELS_TORCH_THREADS)"
-)
+@_threads_option
 @click.option("--json", "as_json", is_flag=True)
 def train_command(**kw: Any) -> None:
     """Train an MNER model; the best dev checkpoint is written to OUT/best."""
@@ -196,23 +203,23 @@ def _table(result: dict[str, Any]) -> str:
     "--data",
     "data_file",
     required=True,
-    type=click.Path(exists=True, dir_okay=False),
+    type=_FILE,
     help="CoNLL file with gold BIO tags",
 )
 @click.option(
     "--knowledge",
     "knowledge_file",
-    type=click.Path(exists=True, dir_okay=False),
+    type=_FILE,
     help="sentence-aligned knowledge file (omit to score text-only)",
 )
 @click.option(
     "--model",
     "model_dir",
-    type=click.Path(exists=True, file_okay=False),
+    type=_FOLDER,
     help="model folder (default: the MNER service's shipped model)",
 )
 @click.option("--batch-size", default=64, show_default=True)
-@click.option("--threads", type=int, default=None)
+@_threads_option
 @click.option("--json", "as_json", is_flag=True, help="last stdout line: one JSON object")
 def eval_command(
     data_file: str,
@@ -257,13 +264,7 @@ def eval_command(
 
 @mner_group.command("average")
 @click.argument("sources", nargs=-1, required=True, type=click.Path(exists=True))
-@click.option(
-    "--out",
-    "out_dir",
-    required=True,
-    type=click.Path(file_okay=False),
-    help="folder of the averaged model (fp16)",
-)
+@_out_dir_option("folder of the averaged model (fp16)")
 def average_command(sources: tuple[str, ...], out_dir: str) -> None:
     """Average the weights of models fine-tuned from the same encoder (a "model soup").
 

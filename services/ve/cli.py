@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 import numpy as np
 
+from riveg.core.cli import EXISTING_FILE, F, xml_option
 from services.ve.groundability import (
     WEIGHTS,
     Embedder,
@@ -19,6 +21,16 @@ from services.ve.groundability import (
     scores,
     train,
 )
+
+_xml_option = xml_option("folder of the Pascal-VOC xml boxes")
+_json_option = click.option(
+    "--json", "as_json", is_flag=True, help="one JSON object as the last line"
+)
+
+
+def _data_option(help_text: str) -> Callable[[F], F]:
+    """The required ``--data`` option: an existing CoNLL file, as a Path."""
+    return click.option("--data", "data", type=EXISTING_FILE, required=True, help=help_text)
 
 
 def _echo_result(result: dict, as_json: bool) -> None:
@@ -39,27 +51,15 @@ def ve_group() -> None:
 
 
 @ve_group.command("eval")
-@click.option(
-    "--data",
-    "data",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    required=True,
-    help="CoNLL file (Twitter-GMNER dev.txt, ...)",
-)
-@click.option(
-    "--xml",
-    "xml_dir",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    required=True,
-    help="folder of the Pascal-VOC xml boxes",
-)
+@_data_option("CoNLL file (Twitter-GMNER dev.txt, ...)")
+@_xml_option
 @click.option(
     "--weights",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=EXISTING_FILE,
     default=None,
     help="groundability .npz (default: the committed weights)",
 )
-@click.option("--json", "as_json", is_flag=True, help="one JSON object as the last line")
+@_json_option
 def ve_eval(data: Path, xml_dir: Path, weights: Path | None, as_json: bool) -> None:
     """Score groundability of the gold entities of DATA (text side only: no images, detector
     evidence off): accuracy, precision, recall, F1 of "groundable" as fractions, with the
@@ -87,27 +87,15 @@ def ve_eval(data: Path, xml_dir: Path, weights: Path | None, as_json: bool) -> N
 
 
 @ve_group.command("train")
-@click.option(
-    "--data",
-    "data",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    required=True,
-    help="CoNLL training file (Twitter-GMNER train.txt)",
-)
-@click.option(
-    "--xml",
-    "xml_dir",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    required=True,
-    help="folder of the Pascal-VOC xml boxes",
-)
+@_data_option("CoNLL training file (Twitter-GMNER train.txt)")
+@_xml_option
 @click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
     help="weights file (default: the committed services/ve/weights/groundability-1.npz)",
 )
-@click.option("--json", "as_json", is_flag=True, help="one JSON object as the last line")
+@_json_option
 def ve_train(data: Path, xml_dir: Path, out: Path | None, as_json: bool) -> None:
     """Fit the groundability logistic regression on DATA (C by 5-fold cross-validation)."""
     try:
