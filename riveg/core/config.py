@@ -13,15 +13,15 @@ from collections.abc import Mapping
 from contextvars import ContextVar
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
     ValidationError,
-    field_validator,
     model_validator,
 )
 from pydantic_settings import (
@@ -35,6 +35,17 @@ from riveg.core.logging import get_logger
 from riveg.core.stages import STAGE_TABLE, get_stage
 
 log = get_logger("riveg.config")
+
+
+def _empty_is_unset(value: Any) -> Any:
+    # An empty value (``RIVEG_MNER_MODEL=``, as a ConfigMap may set it) is unset: no broker, the
+    # shipped model, the object store's ``models/``; never the working folder.
+    return None if value == "" else value
+
+
+T = TypeVar("T")
+Unset = Annotated[T | None, BeforeValidator(_empty_is_unset)]
+"""An optional setting whose empty value means unset."""
 
 
 def default_cache_dir() -> Path:
@@ -52,7 +63,7 @@ class Section(BaseModel):
 class BrokerSettings(Section):
     """Celery's broker and result backend."""
 
-    url: SecretStr | None = Field(
+    url: Unset[SecretStr] = Field(
         None,
         description="Celery broker URL (a Secret in k8s: it holds the password); unset = "
         "embedded mode",
@@ -60,12 +71,6 @@ class BrokerSettings(Section):
     result_backend: SecretStr = Field(
         SecretStr("redis://127.0.0.1:6379/0"), description="Celery result backend URL"
     )
-
-    @field_validator("url", mode="before")
-    @classmethod
-    def _empty_is_unset(cls, value: Any) -> Any:
-        """An empty broker URL is no broker (embedded mode)."""
-        return None if value == "" else value
 
     queue_prefix: str = Field("riveg", description="Celery queues are `<prefix>.<stage>`")
 
@@ -121,7 +126,7 @@ class GrpcSettings(Section):
 class ModelsSettings(Section):
     """Where model versions come from and how they run on this machine."""
 
-    store_path: Path | None = Field(
+    store_path: Unset[Path] = Field(
         None,
         description="local folder of `<stage>/<name>/<version>/` models; unset: `models/` in "
         "the object store",
@@ -130,12 +135,6 @@ class ModelsSettings(Section):
         default_factory=default_cache_dir, description="converted weights (default ~/.cache/riveg)"
     )
     torch_threads: int = Field(0, description="torch CPU threads; 0 = torch's default")
-
-    @field_validator("store_path", mode="before")
-    @classmethod
-    def _empty_is_unset(cls, value: Any) -> Any:
-        """An empty path (``RIVEG_MODELS_STORE_PATH=``) is unset, never the working folder."""
-        return None if value == "" else value
 
 
 class LogSettings(Section):
@@ -150,17 +149,11 @@ class StageSettings(Section):
 
     addr: str = Field("", description="its server's host:port (default: 127.0.0.1:<its port>)")
     backend: str = Field("", description="backend key (see the stage's table)")
-    model: str | None = Field(
+    model: Unset[str] = Field(
         None,
         description="model to serve: `name@version` (model store or builtin) or a model folder; "
         "unset: the backend's own",
     )
-
-    @field_validator("model", mode="before")
-    @classmethod
-    def _empty_is_unset(cls, value: Any) -> Any:
-        """An empty value (``RIVEG_MNER_MODEL=``, as a ConfigMap may set it) is unset."""
-        return None if value in ("", None) else str(value)
 
 
 class LlmSettings(StageSettings):
