@@ -84,9 +84,10 @@ def main() -> None:
     args = parser.parse_args()
 
     from riveg.core.config import load_settings
+    from riveg.data.captions import read_captions_mplug
     from services.llm.backends import create_backend
     from services.llm.replay import ReplayIndex, knowledge_files
-    from services.mner.data import load_split, read_captions_mplug, split_paths
+    from services.mner.data import load_split, split_paths
 
     args.work.mkdir(parents=True, exist_ok=True)
     dev = load_split("twitter_gmner", "dev", with_knowledge=True)

@@ -145,7 +145,9 @@ def test_commands_report_a_bad_environment_in_one_line(tmp_path) -> None:
     bad value gives the command's one-line error, and --help still works."""
     env = {**os.environ, "RIVEG_GRPC_WORKERS": "abc", "RIVEG_STORE_PATH": str(tmp_path)}
     riveg = str(Path(sys.executable).parent / "riveg")
-    helped = subprocess.run([riveg, "--help"], env=env, capture_output=True, text=True, timeout=120)
+    helped = subprocess.run(
+        [riveg, "worker", "--help"], env=env, capture_output=True, text=True, timeout=120
+    )
     assert helped.returncode == 0, helped.stderr
     done = subprocess.run(
         [riveg, "worker", "pipeline", "--broker", "amqp://guest:guest@127.0.0.1:1//"],

@@ -9,15 +9,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from riveg.data.conll import shared_datasets_dir
-from services.mner.data import (
-    LABEL_IDS,
-    load_split,
-    read_captions_mplug,
-    read_examples,
-    split_paths,
-    split_words,
-)
+from riveg.data.captions import read_captions_mplug
+from riveg.data.conll import shared_datasets_dir, split_words
+from services.mner.data import LABEL_IDS, load_split, read_examples, split_paths
 
 DATASETS = shared_datasets_dir()
 needs_data = pytest.mark.skipif(

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from riveg.data.conll import Post
-from services.mner.data import LABEL_IDS, LABELS, case_shape, normalise_label, split_words
+from riveg.data.conll import Post, split_words
+from services.mner.data import LABEL_IDS, LABELS, case_shape, normalise_label
 from services.mner.model import TaggerConfig, WordEncoder, load_tagger, new_tagger, save_tagger
 from services.mner.train import TrainOptions, make_batches, train
 

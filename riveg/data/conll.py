@@ -6,6 +6,7 @@ Types are normalised to PER/LOC/ORG/MISC (OTHER and MISC are one class, output a
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,3 +151,21 @@ def attach_knowledge(posts: list[Post], path: str | Path) -> int:
                 cursor = probe + 1
                 break
     return matched
+
+
+_WORD_RE = re.compile(r"https?://\S+|&\w+|\w+(?:[-./]\w+)*|[^\w\s]")
+
+
+def split_words(text: str) -> tuple[list[str], list[tuple[int, int]]]:
+    """Words of a raw post and their (start, end) character offsets.
+
+    Follows the Twitter-GMNER/2017 tokenisation: ``@`` and ``#`` are split from handles and
+    hashtags, punctuation and apostrophes are words of their own, hyphenated words, numbers
+    and URLs stay whole. Text that is already tokenised (words joined by spaces) mostly
+    splits back into the same words.
+    """
+    words, offsets = [], []
+    for match in _WORD_RE.finditer(text):
+        words.append(match.group())
+        offsets.append((match.start(), match.end()))
+    return words, offsets

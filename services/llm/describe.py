@@ -19,11 +19,11 @@ import numpy as np
 from riveg.core.errors import InvalidInput
 from riveg.core.images import decode_image
 from riveg.core.logging import get_logger
+from riveg.data.captions import read_captions_blip2, read_captions_mplug
 from riveg.data.conll import shared_datasets_dir
 from riveg.vision.person import PersonDetector
 from services.llm.cache import request_hash
 from services.llm.openai import OpenAIClient
-from services.mner.data import read_captions_blip2, read_captions_mplug
 
 log = get_logger("services.llm.describe")
 

@@ -14,8 +14,7 @@ from pathlib import Path
 
 from riveg.core.logging import get_logger
 from riveg.core.storage import ObjectNotFound
-from riveg.data.conll import read_knowledge, shared_datasets_dir
-from services.mner.data import split_words
+from riveg.data.conll import read_knowledge, shared_datasets_dir, split_words
 
 log = get_logger("services.llm.replay")
 

@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 
-from riveg.data.conll import bio_spans
+from riveg.data.conll import bio_spans, split_words
 from riveg.serving.backend import Backend, BackendRegistry
-from services.mner.data import split_knowledge, split_words
+from services.mner.data import split_knowledge
 from services.mner.evaluate import tag_words
 from services.mner.model import default_model_dir, load_tagger
 

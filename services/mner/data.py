@@ -1,4 +1,4 @@
-"""Benchmark splits, in-context examples, image descriptions and serving-time word splitting.
+"""Benchmark splits, in-context examples and the knowledge words of MNER.
 
 The CoNLL readers themselves live in :mod:`riveg.data.conll`; this module names the benchmark
 files, the BIO label set over PER/LOC/ORG/MISC and the case-shape feature given to the
@@ -8,10 +8,10 @@ files, the BIO label set over PER/LOC/ORG/MISC and the case-shape feature given 
 from __future__ import annotations
 
 import ast
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from riveg.data.captions import read_captions_blip2
 from riveg.data.conll import Post, attach_knowledge, read_conll, shared_datasets_dir
 
 ENTITY_TYPES = ("PER", "LOC", "ORG", "MISC")
@@ -90,24 +90,7 @@ def case_shape(word: str) -> int:
     return 4
 
 
-# --- serving time: raw post text -> words with character offsets ---
-
-_WORD_RE = re.compile(r"https?://\S+|&\w+|\w+(?:[-./]\w+)*|[^\w\s]")
-
-
-def split_words(text: str) -> tuple[list[str], list[tuple[int, int]]]:
-    """Words of a raw post and their (start, end) character offsets.
-
-    Follows the Twitter-GMNER/2017 tokenisation: ``@`` and ``#`` are split from handles and
-    hashtags, punctuation and apostrophes are words of their own, hyphenated words, numbers
-    and URLs stay whole. Text that is already tokenised (words joined by spaces) mostly
-    splits back into the same words.
-    """
-    words, offsets = [], []
-    for match in _WORD_RE.finditer(text):
-        words.append(match.group())
-        offsets.append((match.start(), match.end()))
-    return words, offsets
+# --- serving time: knowledge text -> words ---
 
 
 def split_knowledge(text: str | None) -> list[str]:
@@ -154,31 +137,6 @@ def _parse_entities(text: str) -> list[tuple[str, str]]:
     except (ValueError, SyntaxError):
         return []
     return [(str(name), "MISC" if kind in ("OTHER", "MISC") else str(kind)) for name, kind in value]
-
-
-def read_captions_blip2(path: str | Path) -> dict[str, str]:
-    """``<image id>.jpg :<caption>`` lines -> {image id: caption}."""
-    captions = {}
-    with Path(path).open(encoding="utf-8") as handle:
-        for line in handle:
-            name, sep, caption = line.rstrip("\n").partition(" :")
-            if sep:
-                captions[name.strip().removesuffix(".jpg")] = caption.strip()
-    return captions
-
-
-def read_captions_mplug(path: str | Path) -> dict[str, str]:
-    """``imgid:<id>###<description>`` records (possibly multi-line) -> {image id: text}."""
-    captions: dict[str, list[str]] = {}
-    current = None
-    with Path(path).open(encoding="utf-8") as handle:
-        for line in handle:
-            if line.startswith("imgid:") and "###" in line:
-                current, _, rest = line[len("imgid:") :].partition("###")
-                captions[current] = [rest.strip()]
-            elif current is not None and line.strip():
-                captions[current].append(line.strip())
-    return {key: " ".join(value) for key, value in captions.items()}
 
 
 def read_examples(dataset: str = "twitter2017", root: Path | None = None) -> list[Example]:

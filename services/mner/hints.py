@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import re
 
-from services.mner.data import ENTITY_TYPES, split_words
+from riveg.data.conll import split_words
+from services.mner.data import ENTITY_TYPES
 
 # hint ids: 0 = special token or knowledge subword, 1 = post without knowledge,
 # 2 = word not in the knowledge's list, then B-/I- of each type the description suggests
