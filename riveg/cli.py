@@ -13,25 +13,39 @@ import importlib
 import sys
 
 import click
+from click.utils import make_default_short_help
 
 from riveg import __version__
 from riveg.orchestration.commands import analyze, batch, serve, worker
 from riveg.orchestration.launcher import up
 from riveg.serving.models_cli import models_group
 
-LAZY_COMMANDS: dict[str, str] = {
-    "eval": "riveg.evaluation.cli:eval_group",
-    "llm": "services.llm.cli:llm_group",
-    "mner": "services.mner.cli:mner_group",
-    "ve": "services.ve.cli:ve_group",
+LAZY_COMMANDS: dict[str, tuple[str, str]] = {
+    "eval": (
+        "riveg.evaluation.cli:eval_group",
+        "Score predictions the way the papers do (GMNER, MNER, EEG, SMNER, EES).",
+    ),
+    "llm": (
+        "services.llm.cli:llm_group",
+        "The LLM stage in this process: referring expressions, knowledge, image descriptions.",
+    ),
+    "mner": (
+        "services.mner.cli:mner_group",
+        "The PLIM-style MNER model: encoder + CRF over the post and LLM knowledge.",
+    ),
+    "ve": (
+        "services.ve.cli:ve_group",
+        "Visual entailment: groundability model training and evaluation.",
+    ),
 }
-"""Command name -> ``module:attribute`` of a group imported only when it is used."""
+"""Command name -> (``module:attribute`` of a group imported only when it is used, the first
+line of its help, shown by ``riveg --help`` without importing it; a test keeps them equal)."""
 
 
 class LazyGroup(click.Group):
     """A group whose heavier subcommands are imported on first use."""
 
-    def __init__(self, *args: object, lazy: dict[str, str], **kwargs: object) -> None:
+    def __init__(self, *args: object, lazy: dict[str, tuple[str, str]], **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.lazy = lazy
 
@@ -40,9 +54,22 @@ class LazyGroup(click.Group):
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name in self.lazy:
-            module_name, _, attribute = self.lazy[cmd_name].partition(":")
+            module_name, _, attribute = self.lazy[cmd_name][0].partition(":")
             return getattr(importlib.import_module(module_name), attribute)
         return super().get_command(ctx, cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list, with the lazy groups' summaries from the table (no import)."""
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max(len(name) for name in names)
+        rows = []
+        for name in names:
+            if name in self.lazy:
+                rows.append((name, make_default_short_help(self.lazy[name][1], limit)))
+            else:
+                rows.append((name, self.commands[name].get_short_help_str(limit)))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
 
 @click.group(

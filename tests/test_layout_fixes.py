@@ -9,6 +9,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -19,10 +20,12 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import click
 import grpc
 import pytest
 from celery.signals import task_failure, task_retry
 
+from riveg.cli import LAZY_COMMANDS, main
 from riveg.core.config import Settings, load_settings
 from riveg.core.stages import QUEUES, STAGES
 from riveg.core.storage import LocalObjectStore
@@ -479,3 +482,27 @@ def test_stage_errors_come_back_from_the_result_backend_as_themselves() -> None:
             "fake mner is down",
         )
         assert str(rebuilt) == "mner stage failed (UNAVAILABLE): fake mner is down"
+
+
+@pytest.mark.parametrize("name", sorted(LAZY_COMMANDS))
+def test_lazy_command_summaries_match_their_groups(name: str) -> None:
+    """`riveg --help` shows the lazy groups' summaries from a table: it must say what the group's
+    own help says."""
+    group = main.get_command(click.Context(main), name)
+    assert group is not None and group.name == name
+    assert group.help.splitlines()[0] == LAZY_COMMANDS[name][1]
+
+
+def test_pipeline_commands_do_not_import_the_stage_libraries() -> None:
+    """`riveg --help` and `riveg worker ...` import no stage's model libraries (torch): six
+    workers of `riveg up` stay light, and help is quick."""
+    code = (
+        "import sys; from click.testing import CliRunner; from riveg.cli import main; "
+        "assert CliRunner().invoke(main, ['--help']).exit_code == 0; "
+        "assert CliRunner().invoke(main, ['worker', '--help']).exit_code == 0; "
+        "print(sorted(m for m in ('torch', 'transformers', 'mediapipe') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert done.stdout.strip() == "[]"
