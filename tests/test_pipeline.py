@@ -157,6 +157,7 @@ def test_image_id_reaches_the_describe_call(monkeypatch: pytest.MonkeyPatch) -> 
     """A post submitted with a benchmark image id asks Describe for that id's caption."""
     from types import SimpleNamespace
 
+    from riveg.core.config import LimitsSettings
     from riveg.orchestration import pipeline, tasks
     from riveg.v1 import llm_pb2
 
@@ -173,7 +174,9 @@ def test_image_id_reaches_the_describe_call(monkeypatch: pytest.MonkeyPatch) -> 
     state: dict = {}
     monkeypatch.setattr(pipeline, "build_chain", lambda s, knowledge: state.update(s) or _Done())
     store = SimpleNamespace(put_bytes=lambda key, data: key)
-    settings = SimpleNamespace(pipeline=SimpleNamespace(knowledge=True), embedded=True)
+    settings = SimpleNamespace(
+        pipeline=SimpleNamespace(knowledge=True), limits=LimitsSettings(), embedded=True
+    )
     pipeline.submit_post(SimpleNamespace(store=store, settings=settings), "Obama", b"x", "p",
                          image_id="16_05_01_6")  # fmt: skip
     assert state["image_id"] == "16_05_01_6"

@@ -31,6 +31,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from riveg.core import limits
 from riveg.core.logging import get_logger
 from riveg.core.stages import STAGE_TABLE, get_stage
 
@@ -84,6 +85,26 @@ class PipelineSettings(Section):
         5,
         description="retries of a step whose stage call failed transiently (backoff 1, 2, 4 s"
         "... jittered, capped at 30 s)",
+    )
+
+
+class LimitsSettings(Section):
+    """Bounds on what a post may hold, checked where it enters and again in every server."""
+
+    max_image_bytes: int = Field(
+        limits.MAX_IMAGE_BYTES, gt=0, description="largest image file, in bytes (20 MiB)"
+    )
+    max_image_pixels: int = Field(
+        limits.MAX_IMAGE_PIXELS,
+        gt=0,
+        description="most pixels of an image (width x height, read from its header before "
+        "decoding)",
+    )
+    max_text_chars: int = Field(
+        limits.MAX_TEXT_CHARS, gt=0, description="longest post text, in characters"
+    )
+    max_entities: int = Field(
+        limits.MAX_ENTITIES, gt=0, description="most entities (or boxes) of one stage call"
     )
 
 
@@ -208,6 +229,7 @@ class Settings(BaseSettings):
 
     broker: BrokerSettings = Field(default_factory=BrokerSettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
     s3: S3Settings = Field(default_factory=S3Settings)
     grpc: GrpcSettings = Field(default_factory=GrpcSettings)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -14,9 +14,10 @@ import click
 from tqdm import tqdm
 
 from riveg.core.cli import cli_settings, config_option
-from riveg.core.config import Settings
+from riveg.core.config import LimitsSettings, Settings
 from riveg.core.errors import InvalidInput
-from riveg.core.images import decode_image
+from riveg.core.images import check_image, decode_image
+from riveg.core.limits import check_image_bytes, check_text
 from riveg.core.logging import get_logger
 from riveg.core.stages import QUEUES, STAGES
 from riveg.core.storage import open_store
@@ -85,14 +86,58 @@ def _print_result(result: dict[str, Any], as_json: bool) -> None:
     click.echo(json.dumps(result, ensure_ascii=False, indent=None if as_json else 2))
 
 
-def write_overlay(result: dict[str, Any], image_bytes: bytes, out_dir: Path) -> Path:
+def write_overlay(
+    result: dict[str, Any], image_bytes: bytes, out_dir: Path, limits: LimitsSettings | None = None
+) -> Path:
     """Write <id>.json and <id>.png (the overlay) into out_dir; return the PNG's path."""
+    limits = limits or LimitsSettings()
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(result["id"]))
     (out_dir / f"{stem}.json").write_text(json.dumps(result, ensure_ascii=False, indent=2))
     png = out_dir / f"{stem}.png"
-    render_overlay(decode_image(image_bytes), result).save(png)
+    image = decode_image(
+        image_bytes, max_bytes=limits.max_image_bytes, max_pixels=limits.max_image_pixels
+    )
+    render_overlay(image, result).save(png)
     return png
+
+
+def read_image_file(path: Path, limits: LimitsSettings) -> bytes:
+    """The bytes of an image file, refused (InvalidInput) before it is read when over the byte
+    limit, and after when its header is not an image or names too many pixels."""
+    check_image_bytes(path.stat().st_size, limits.max_image_bytes)
+    data = path.read_bytes()
+    check_image(data, max_bytes=limits.max_image_bytes, max_pixels=limits.max_image_pixels)
+    return data
+
+
+def image_path(images_dir: Path, value: object) -> Path:
+    """The file a post's ``image`` names under ``images_dir`` (already resolved); InvalidInput
+    for a missing or non-string value, an absolute path, a path with ``..``, a path that leads
+    outside the folder (through a symbolic link), or no such file."""
+    if value is None:
+        raise InvalidInput("the post has no 'image' (a path relative to --images)")
+    if not isinstance(value, str):
+        raise InvalidInput(
+            f"the post's 'image' must be a path relative to --images, not {type(value).__name__}"
+        )
+    if not value.strip():
+        raise InvalidInput("the post's 'image' is empty (give a path relative to --images)")
+    if "\0" in value:
+        raise InvalidInput(f"image path {value!r} contains a NUL character")
+    relative = Path(value)
+    if relative.is_absolute():
+        raise InvalidInput(f"image path {value!r} is absolute; give a path relative to --images")
+    if ".." in relative.parts:
+        raise InvalidInput(f"image path {value!r} contains '..'; it must stay under --images")
+    target = (images_dir / relative).resolve()
+    if not target.is_relative_to(images_dir):
+        raise InvalidInput(f"image path {value!r} leads outside --images (to {target})")
+    if not target.exists():
+        raise InvalidInput(f"image {value!r} not found under --images")
+    if not target.is_file():
+        raise InvalidInput(f"image path {value!r} is not a file")
+    return target
 
 
 @click.command()
@@ -118,7 +163,11 @@ def analyze(
 ) -> None:
     """Find, type, ground and segment the named entities of one post."""
     settings = cli_settings(config_file, broker_url=broker_url)
-    image_bytes = Path(image_path).read_bytes()
+    try:  # refused before any model is loaded or anything is uploaded
+        check_text(text, settings.limits.max_text_chars)
+        image_bytes = read_image_file(Path(image_path), settings.limits)
+    except InvalidInput as exc:
+        raise click.ClickException(str(exc)) from None
     started = time.perf_counter()
     with pipeline_runtime(settings) as runtime:
         try:
@@ -128,28 +177,53 @@ def analyze(
             raise click.ClickException(str(exc)) from exc
     log.info("analyzed", wall_s=round(time.perf_counter() - started, 2))
     if out_dir:
-        png = write_overlay(result, image_bytes, Path(out_dir))
+        png = write_overlay(result, image_bytes, Path(out_dir), settings.limits)
         click.echo(f"overlay written to {png}", err=True)
     _print_result(result, as_json)
 
 
-def _read_batch(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
-    """(line number, post or None, error or None) for each non-empty line of a JSONL file."""
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                post = json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield number, None, f"line {number}: not JSON ({exc.msg})"
-                continue
-            if not isinstance(post, dict) or not isinstance(post.get("text"), str):
-                yield number, None, f"line {number}: expected an object with 'text' and 'image'"
-                continue
-            post.setdefault("id", f"line-{number}")
-            post["id"] = str(post["id"])
-            yield number, post, None
+BatchEntry = tuple[int, dict[str, Any] | None, str | None]
+
+
+def read_batch_lines(lines: Iterable[bytes]) -> Iterator[BatchEntry]:
+    """(line number, post or None, error or None) for each non-empty line of JSONL bytes: a
+    line that is not UTF-8, not JSON or not a post is that line's error, the others go on."""
+    for number, raw in enumerate(lines, 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            where = f"byte 0x{raw[exc.start]:02x} at column {exc.start + 1}"
+            yield number, None, f"line {number}: not UTF-8 ({where})"
+            continue
+        if number == 1:
+            line = line.removeprefix("\ufeff")  # a byte-order mark
+        if not line.strip():
+            continue
+        try:
+            post = json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield number, None, f"line {number}: not JSON ({exc.msg})"
+            continue
+        except RecursionError:
+            yield number, None, f"line {number}: not JSON (nested too deeply)"
+            continue
+        if not isinstance(post, dict) or not isinstance(post.get("text"), str):
+            yield number, None, f"line {number}: expected an object with 'text' and 'image'"
+            continue
+        post.setdefault("id", f"line-{number}")
+        post["id"] = str(post["id"])
+        try:
+            post["id"].encode("utf-8")
+        except UnicodeEncodeError:
+            yield number, None, f"line {number}: the 'id' is not valid Unicode (a lone surrogate)"
+            continue
+        yield number, post, None
+
+
+def _read_batch(path: Path) -> Iterator[BatchEntry]:
+    """:func:`read_batch_lines` of a JSONL file, read as bytes."""
+    with path.open("rb") as handle:
+        yield from read_batch_lines(handle)
 
 
 def _done_ids(out_path: Path) -> set[str]:
@@ -211,7 +285,8 @@ def batch(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with (
         pipeline_runtime(settings) as runtime,
-        out_path.open("a", encoding="utf-8") as out,
+        # backslashreplace: an error naming a character that is not UTF-8 still writes, as JSON
+        out_path.open("a", encoding="utf-8", errors="backslashreplace") as out,
         tqdm(total=len(todo), desc="posts", unit="post", file=sys.stderr) as bar,
     ):
         started = time.perf_counter()  # models are loaded: time the posts alone
@@ -240,14 +315,17 @@ def batch(
 
 def _run_batch(
     runtime: Any,
-    todo: list[tuple[int, dict[str, Any] | None, str | None]],
+    todo: list[BatchEntry],
     images_dir: Path,
     window: int,
     knowledge: bool | None,
     timeout: float,
     record: Callable[[dict[str, Any]], None],
 ) -> None:
-    """Submit posts (keeping at most ``window`` in flight) and record each outcome."""
+    """Submit posts (keeping at most ``window`` in flight) and record each outcome; each post is
+    validated (text, image path, image bytes and header) before anything of it is uploaded."""
+    limits = runtime.settings.limits
+    root = images_dir.resolve()
     in_flight: list[tuple[str, Any, float]] = []
 
     def collect(block: bool) -> None:
@@ -267,7 +345,8 @@ def _run_batch(
             record({"id": f"line-{number}", "error": error})
             continue
         try:
-            image_bytes = (images_dir / str(post.get("image", ""))).read_bytes()
+            check_text(post["text"], limits.max_text_chars)
+            image_bytes = read_image_file(image_path(root, post.get("image")), limits)
             submission = submit_post(
                 runtime, post["text"], image_bytes, post["id"], knowledge, post.get("image_id")
             )

@@ -9,7 +9,7 @@ from typing import Any
 from celery import chain
 from celery.result import AsyncResult
 
-from riveg.core.errors import InvalidInput
+from riveg.core.limits import check_image_bytes, check_text
 from riveg.orchestration.celery_app import STEPS
 from riveg.orchestration.runtime import Runtime
 from riveg.orchestration.tasks import TASKS, PostError
@@ -50,10 +50,13 @@ def submit_post(
     uses its released caption when the LLM service has one.
 
     In embedded mode (eager Celery) the chain has run when this returns; in distributed mode it
-    is enqueued on the broker. Empty text is refused here, before anything is stored.
+    is enqueued on the broker. Text that is empty, too long or not valid Unicode, and image
+    bytes over the byte limit, are refused here (InvalidInput), before anything is stored; the
+    ``store`` step decodes the image within the limits.
     """
-    if not text or not text.strip():
-        raise InvalidInput("the post text is empty")
+    limits = runtime.settings.limits
+    check_text(text or "", limits.max_text_chars)
+    check_image_bytes(len(image_bytes), limits.max_image_bytes)
     job_id = uuid.uuid4().hex
     key = runtime.store.put_bytes(f"images/{job_id}", image_bytes)
     state = {

@@ -19,6 +19,7 @@ from celery.exceptions import Retry
 
 from riveg.core.errors import InvalidInput
 from riveg.core.images import decode_image, mask_to_rle, png_mask
+from riveg.core.limits import check_text
 from riveg.core.logging import get_logger
 from riveg.orchestration.celery_app import STEPS, app, task_name
 from riveg.orchestration.runtime import Runtime, get_runtime
@@ -115,11 +116,12 @@ def _image(state: State) -> common_pb2.ImageRef:
 
 @pipeline_step("store")
 def store(state: State, runtime: Runtime) -> None:
-    """Validate the uploaded post: non-empty text and an image that decodes; record its size."""
-    if not state.get("text", "").strip():
-        raise InvalidInput("the post text is empty")
+    """Validate the uploaded post: text within the limits and an image that decodes within
+    them; record its size."""
+    limits = runtime.settings.limits
+    check_text(state.get("text", ""), limits.max_text_chars)
     data = runtime.store.get_bytes(state["image"]["key"])
-    image = decode_image(data)
+    image = decode_image(data, max_bytes=limits.max_image_bytes, max_pixels=limits.max_image_pixels)
     state["image"].update(width=image.width, height=image.height)
 
 

@@ -3,7 +3,9 @@
 A handler written with :func:`stage_rpc` receives the backend read once for the call (so a hot
 swap in the middle cannot mix two models in one response), a response already naming that model,
 and a call whose deadline is checked before the model runs; :meth:`StageServicer.image` fetches
-and decodes the request's image from the object store.
+and decodes the request's image from the object store, within the configured limits;
+:meth:`StageServicer.check_text` and :meth:`StageServicer.check_count` hold every server's text
+and entity limits.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from typing import Any, ClassVar
 import grpc
 import numpy as np
 
-from riveg.core.config import Settings
+from riveg.core.config import LimitsSettings, Settings
 from riveg.core.images import fetch_image
+from riveg.core.limits import check_count, check_text
 from riveg.core.storage import ObjectStore
 from riveg.serving.backend import Backend, BackendRegistry
 from riveg.serving.manager import ModelManager
@@ -50,12 +53,32 @@ class StageServicer:
         """The backend answering now (a handler reads it once, through :func:`stage_rpc`)."""
         return self.models.current
 
+    @property
+    def limits(self) -> LimitsSettings:
+        """This server's ``[limits]`` settings."""
+        return self.models.settings.limits
+
+    def check_text(self, text: str, *, required: bool = True) -> None:
+        """InvalidInput for empty text (when ``required``), text over ``max_text_chars`` or text
+        that is not valid Unicode."""
+        check_text(text, self.limits.max_text_chars, required=required)
+
+    def check_count(self, count: int, what: str = "entities") -> None:
+        """InvalidInput when a call carries more than ``max_entities`` entities (or boxes)."""
+        check_count(count, self.limits.max_entities, what)
+
     def image(self, ref: common_pb2.ImageRef, context: grpc.ServicerContext) -> np.ndarray:
-        """The request's image (HxWx3 RGB) from the store; the deadline is checked after the
-        download, before any model time is spent."""
+        """The request's image (HxWx3 RGB) from the store, refused when over the byte or pixel
+        limit; the deadline is checked after the download, before any model time is spent."""
         if self.store is None:
             raise RuntimeError(f"the {self.stage} server has no object store to read images from")
-        image = fetch_image(self.store, ref.key)
+        limits = self.limits
+        image = fetch_image(
+            self.store,
+            ref.key,
+            max_bytes=limits.max_image_bytes,
+            max_pixels=limits.max_image_pixels,
+        )
         check_deadline(context)
         return image
 

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from riveg.core.errors import InvalidInput
-from riveg.core.images import decode_image
+from riveg.core.images import check_image, decode_image
+from riveg.core.limits import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
 from riveg.core.logging import get_logger
 from riveg.data.captions import read_captions_blip2, read_captions_mplug
 from riveg.data.conll import shared_datasets_dir
@@ -56,13 +57,17 @@ def people_phrase(count: int, largest_fraction: float) -> str:
 class DetectorDescriber:
     """Describes an image by the people the bundled MediaPipe detector finds."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, max_bytes: int = MAX_IMAGE_BYTES, max_pixels: int = MAX_IMAGE_PIXELS
+    ) -> None:
+        self.max_bytes = max_bytes
+        self.max_pixels = max_pixels
         self._detector = None
         self._lock = threading.Lock()
 
     def describe(self, image_bytes: bytes) -> Description:
         """A short factual sentence about the image (bad bytes raise InvalidInput)."""
-        image = decode_image(image_bytes)
+        image = decode_image(image_bytes, max_bytes=self.max_bytes, max_pixels=self.max_pixels)
         with self._lock:
             if self._detector is None:
                 self._detector = PersonDetector()
@@ -123,7 +128,8 @@ class ImageDescriber:
         self.settings = settings
         self.cache = cache
         self.captions = CaptionIndex()
-        self.detector = DetectorDescriber()
+        limits = settings.limits
+        self.detector = DetectorDescriber(limits.max_image_bytes, limits.max_image_pixels)
         self._client = None
         self._lock = threading.Lock()
 
@@ -151,8 +157,11 @@ class ImageDescriber:
         return Description(text, "api", f"{model}@chat")
 
     def describe(self, image_bytes: bytes | None, image_id: str = "") -> Description:
-        """The best description available; InvalidInput when there is nothing to describe."""
+        """The best description available; InvalidInput when there is nothing to describe or
+        the image is not one (or over the byte or pixel limit)."""
         if image_bytes and self.settings.llm.vision_model:
+            check_image(image_bytes, max_bytes=self.detector.max_bytes,
+                        max_pixels=self.detector.max_pixels)  # fmt: skip
             return self._vision(image_bytes)
         caption = self.captions.get(image_id) if image_id else None
         if caption:

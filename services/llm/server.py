@@ -56,8 +56,7 @@ class LlmServicer(StageServicer, llm_pb2_grpc.LlmServiceServicer):
 
     @stage_rpc(llm_pb2.KnowledgeResponse)
     def Knowledge(self, current, request, context, response):
-        if not request.text.strip():
-            raise InvalidInput("the post text is empty")
+        self.check_text(request.text)
         check_deadline(context, MIN_DEADLINE_S)
         description = request.image_description
         if not description.strip() and (request.image.key or request.image_id):
@@ -68,6 +67,8 @@ class LlmServicer(StageServicer, llm_pb2_grpc.LlmServiceServicer):
 
     @stage_rpc(llm_pb2.ExpandResponse)
     def Expand(self, current, request, context, response):
+        self.check_text(request.text, required=False)
+        self.check_count(len(request.entities))
         check_deadline(context, MIN_DEADLINE_S)
         entities = list(request.entities)
         backend = self._for_job(current, "expand")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from riveg.core.errors import InvalidInput
 from riveg.serving.messages import entity_to_proto
 from riveg.serving.servicer import StageServicer, stage_rpc
 from riveg.v1 import mner_pb2, mner_pb2_grpc
@@ -17,7 +16,6 @@ class MnerServicer(StageServicer, mner_pb2_grpc.MnerServiceServicer):
 
     @stage_rpc(mner_pb2.RecognizeResponse)
     def Recognize(self, backend, request, context, response):
-        if not request.text.strip():
-            raise InvalidInput("the post text is empty")
+        self.check_text(request.text)
         entities = backend.recognize([request.text], [request.knowledge or None])[0]
         response.entities.extend(entity_to_proto(e) for e in entities)

@@ -19,6 +19,7 @@ class SegServicer(StageServicer, seg_pb2_grpc.SegServiceServicer):
     def Segment(self, backend, request, context, response):
         if not request.boxes:
             return
+        self.check_count(len(request.boxes), "boxes")
         image = self.image(request.image, context)
         masks = backend.segment(image, [box_from_proto(b) for b in request.boxes])
         prefix = request.output_prefix.rstrip("/")

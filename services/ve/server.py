@@ -18,6 +18,7 @@ class VeServicer(StageServicer, ve_pb2_grpc.VeServiceServicer):
     def Entail(self, backend, request, context, response):
         if not request.entities:
             return
+        self.check_count(len(request.entities))
         image = self.image(request.image, context)
         entities = [entity_from_proto(e) for e in request.entities]
         for groundable, score in backend.entail(image, entities):

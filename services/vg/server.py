@@ -18,6 +18,7 @@ class VgServicer(StageServicer, vg_pb2_grpc.VgServiceServicer):
     def Ground(self, backend, request, context, response):
         if not request.entities:
             return
+        self.check_count(len(request.entities))
         image = self.image(request.image, context)
         entities = [entity_from_proto(e) for e in request.entities]
         for box, score in backend.ground(image, entities):
