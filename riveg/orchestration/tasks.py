@@ -90,6 +90,10 @@ class StepTask(Task):
         return result
 
 
+TASKS: dict[str, StepTask] = {}
+"""Step name -> its task, filled by :func:`pipeline_step` in the order the steps are defined."""
+
+
 def pipeline_step(step: str) -> Callable[[Callable[[State, Runtime], State | None]], StepTask]:
     """Make ``fn(state, runtime)`` the task ``riveg.<step>`` (a :class:`StepTask`); ``fn``
     updates the state in place, or returns the document that replaces it."""
@@ -100,7 +104,9 @@ def pipeline_step(step: str) -> Callable[[Callable[[State, Runtime], State | Non
             replaced = fn(state, get_runtime())
             return state if replaced is None else replaced
 
-        return app.task(base=StepTask, name=task_name(step), step=step)(run)
+        task = app.task(base=StepTask, name=task_name(step), step=step)(run)
+        TASKS[step] = task
+        return task
 
     return decorate
 
@@ -260,11 +266,4 @@ def assemble(state: State, runtime: Runtime) -> State:
     return result
 
 
-TASKS: dict[str, StepTask] = {
-    step: task
-    for step, task in (
-        ("store", store), ("knowledge", knowledge), ("mner", mner), ("expand", expand),
-        ("ve", ve), ("vg", vg), ("seg", seg), ("assemble", assemble),
-    )
-}  # fmt: skip
 assert tuple(TASKS) == STEPS, "every step has one task, in order"
