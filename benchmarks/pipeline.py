@@ -28,7 +28,7 @@ from riveg.core.stages import STAGES  # noqa: E402
 from riveg.data.conll import read_conll, shared_datasets_dir  # noqa: E402
 from riveg.orchestration.launcher import port_open  # noqa: E402
 from riveg.sample import SAMPLE_IMAGE, SAMPLE_TEXT  # noqa: E402
-from tests.support.processes import free_port, spawn_up, stop_up  # noqa: E402
+from tests.support.processes import delete_queues, free_port, spawn_up, stop_up  # noqa: E402
 
 RIVEG = str(Path(sys.executable).parent / "riveg")
 BROKER = "amqp://guest:guest@127.0.0.1:5672//"
@@ -117,9 +117,10 @@ def main() -> int:
         if "distributed" in args.modes:
             if not (port_open("127.0.0.1", 5672) and port_open("127.0.0.1", 6379)):
                 raise SystemExit("distributed mode needs RabbitMQ and Redis on loopback")
+            prefix = f"riveg-bench-{uuid.uuid4().hex[:6]}"
             env = base_env(
                 RIVEG_BROKER_URL=BROKER,
-                RIVEG_BROKER_QUEUE_PREFIX=f"riveg-bench-{uuid.uuid4().hex[:6]}",
+                RIVEG_BROKER_QUEUE_PREFIX=prefix,
                 RIVEG_STORE_KIND="s3", RIVEG_S3_ENDPOINT=f"127.0.0.1:{free_port()}",
                 **{f"RIVEG_{s.upper()}_ADDR": f"127.0.0.1:{free_port()}"
                    for s in STAGES},
@@ -132,6 +133,7 @@ def main() -> int:
                 report["distributed"]["startup_s"] = ready["startup_s"]
             finally:
                 stop_up(process)
+                delete_queues(BROKER, prefix)
             print(f"distributed: {report['distributed']['posts_per_s']} posts/s", file=sys.stderr)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

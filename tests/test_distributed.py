@@ -16,7 +16,7 @@ from riveg.core.stages import STAGES
 from riveg.orchestration.launcher import port_open
 from riveg.orchestration.pipeline import submit_post
 from tests.conftest import SAMPLE_IMAGE
-from tests.support.processes import free_port, spawn_up, stop_up
+from tests.support.processes import delete_queues, free_port, spawn_up, stop_up
 
 pytestmark = pytest.mark.integration
 
@@ -42,10 +42,11 @@ def distributed(tmp_path_factory: pytest.TempPathFactory):
             "RabbitMQ (127.0.0.1:5672) and Redis (127.0.0.1:6379) must run: .ci/run starts them"
         )
     state = tmp_path_factory.mktemp("up")
+    prefix = f"riveg-test-{uuid.uuid4().hex[:8]}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("RIVEG_")}
     env.update({
         "RIVEG_BROKER_URL": BROKER, "RIVEG_BROKER_RESULT_BACKEND": REDIS,
-        "RIVEG_BROKER_QUEUE_PREFIX": f"riveg-test-{uuid.uuid4().hex[:8]}",
+        "RIVEG_BROKER_QUEUE_PREFIX": prefix,
         "RIVEG_STORE_KIND": "s3", "RIVEG_S3_ENDPOINT": f"127.0.0.1:{free_port()}",
         "RIVEG_S3_BUCKET": "riveg-it", "RIVEG_LOG_FORMAT": "json",
         **{f"RIVEG_{s.upper()}_ADDR": f"127.0.0.1:{free_port()}"
@@ -55,8 +56,11 @@ def distributed(tmp_path_factory: pytest.TempPathFactory):
         process, ready = spawn_up(env, state, concurrency=2)
     except RuntimeError as exc:
         pytest.fail(str(exc))
-    yield {"env": env, "state": state, "ready": ready}
-    stop_up(process)
+    try:
+        yield {"env": env, "state": state, "ready": ready}
+    finally:
+        stop_up(process)
+        delete_queues(BROKER, prefix)
 
 
 def test_up_reports_every_process(distributed) -> None:

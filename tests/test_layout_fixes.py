@@ -27,7 +27,7 @@ from celery.signals import task_failure, task_retry
 
 from riveg.cli import LAZY_COMMANDS, main
 from riveg.core.config import Settings, load_settings
-from riveg.core.stages import QUEUES, STAGES
+from riveg.core.stages import STAGES
 from riveg.core.storage import LocalObjectStore
 from riveg.orchestration.celery_app import app, configure_app
 from riveg.orchestration.launcher import port_open
@@ -37,7 +37,7 @@ from riveg.orchestration.tasks import TASKS, PostError
 from riveg.serving.client import JOB_ID_KEY, StageInputError, TransientStageError
 from riveg.serving.stages import connect
 from riveg.v1 import common_pb2, mner_pb2, mner_pb2_grpc
-from tests.support.processes import console_script, free_port
+from tests.support.processes import console_script, delete_queues, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED_MNER_WEIGHTS = ROOT / "services" / "mner" / "weights"
@@ -219,15 +219,7 @@ def broker_queues() -> Iterator[str]:
     """This module's queue prefix; its queues are deleted at the end."""
     _needs_broker()
     yield PREFIX
-    from kombu import Connection
-
-    with Connection(BROKER) as connection:
-        channel = connection.channel()
-        for queue in QUEUES:
-            try:
-                channel.queue_delete(f"{PREFIX}.{queue}")
-            except Exception:  # never declared: the channel closes; open another
-                channel = connection.channel()
+    delete_queues(BROKER, PREFIX)
 
 
 @pytest.fixture

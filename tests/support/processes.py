@@ -1,4 +1,5 @@
-"""Test support: free ports, waiting for a port, and `riveg up` in the background."""
+"""Test support: free ports, waiting for a port, `riveg up` in the background, and deleting the
+broker queues a test created."""
 
 from __future__ import annotations
 
@@ -11,6 +12,10 @@ import sys
 import threading
 import time
 from pathlib import Path
+
+from kombu import Connection
+
+from riveg.core.stages import QUEUES
 
 
 def free_port() -> int:
@@ -77,3 +82,15 @@ def stop_up(process: subprocess.Popen, timeout: float = 60.0) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         raise
+
+
+def delete_queues(broker_url: str, prefix: str) -> None:
+    """Delete the ``<prefix>.<queue>`` queues of every stage and ``pipeline`` on the broker, the
+    ones a test's workers or submissions declared (a queue never declared is skipped)."""
+    with Connection(broker_url) as connection:
+        channel = connection.channel()
+        for queue in QUEUES:
+            try:
+                channel.queue_delete(f"{prefix}.{queue}")
+            except Exception:  # never declared: the broker closes the channel; open another
+                channel = connection.channel()
