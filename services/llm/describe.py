@@ -160,8 +160,10 @@ class ImageDescriber:
         """The best description available; InvalidInput when there is nothing to describe or
         the image is not one (or over the byte or pixel limit)."""
         if image_bytes and self.settings.llm.vision_model:
-            check_image(image_bytes, max_bytes=self.detector.max_bytes,
-                        max_pixels=self.detector.max_pixels)  # fmt: skip
+            limits = self.settings.limits
+            check_image(
+                image_bytes, max_bytes=limits.max_image_bytes, max_pixels=limits.max_image_pixels
+            )
             return self._vision(image_bytes)
         caption = self.captions.get(image_id) if image_id else None
         if caption:
