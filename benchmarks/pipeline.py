@@ -28,10 +28,17 @@ from riveg.core.stages import STAGES  # noqa: E402
 from riveg.data.conll import read_conll, shared_datasets_dir  # noqa: E402
 from riveg.orchestration.launcher import port_open  # noqa: E402
 from riveg.sample import SAMPLE_IMAGE, SAMPLE_TEXT  # noqa: E402
-from tests.support.processes import delete_queues, free_port, spawn_up, stop_up  # noqa: E402
+from tests.support.processes import (  # noqa: E402
+    delete_job_records,
+    delete_queues,
+    free_port,
+    spawn_up,
+    stop_up,
+)
 
 RIVEG = str(Path(sys.executable).parent / "riveg")
 BROKER = "amqp://guest:guest@127.0.0.1:5672//"
+RESULT_BACKEND = "redis://127.0.0.1:6379/10"  # a database of this benchmark's own
 
 
 def base_env(**extra: str) -> dict[str, str]:
@@ -121,6 +128,7 @@ def main() -> int:
             env = base_env(
                 RIVEG_BROKER_URL=BROKER,
                 RIVEG_BROKER_QUEUE_PREFIX=prefix,
+                RIVEG_BROKER_RESULT_BACKEND=RESULT_BACKEND,
                 RIVEG_STORE_KIND="s3", RIVEG_S3_ENDPOINT=f"127.0.0.1:{free_port()}",
                 **{f"RIVEG_{s.upper()}_ADDR": f"127.0.0.1:{free_port()}"
                    for s in STAGES},
@@ -134,6 +142,7 @@ def main() -> int:
             finally:
                 stop_up(process)
                 delete_queues(BROKER, prefix)
+                delete_job_records(RESULT_BACKEND, prefix)
             print(f"distributed: {report['distributed']['posts_per_s']} posts/s", file=sys.stderr)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

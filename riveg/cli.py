@@ -16,6 +16,7 @@ import click
 from click.utils import make_default_short_help
 
 from riveg import __version__
+from riveg.core.config import ConfigError
 from riveg.orchestration.commands import analyze, batch, serve, worker
 from riveg.orchestration.launcher import up
 from riveg.serving.models_cli import models_group
@@ -24,6 +25,19 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "eval": (
         "riveg.evaluation.cli:eval_group",
         "Score predictions the way the papers do (GMNER, MNER, EEG, SMNER, EES).",
+    ),
+    "gateway": (
+        "riveg.gateway.cli:gateway",
+        "The HTTP API: submit posts, get jobs and results (/v1; OpenAPI at /openapi.json).",
+    ),
+    "submit": (
+        "riveg.gateway.cli:submit",
+        "Submit a post to the gateway; prints its job (with --wait, when it ends).",
+    ),
+    "status": ("riveg.gateway.cli:status", "A job's status (and its result when done)."),
+    "result": (
+        "riveg.gateway.cli:result",
+        "The result of a job (or of a post id): exit 1 when the job failed.",
     ),
     "llm": (
         "services.llm.cli:llm_group",
@@ -57,6 +71,14 @@ class LazyGroup(click.Group):
             module_name, _, attribute = self.lazy[cmd_name][0].partition(":")
             return getattr(importlib.import_module(module_name), attribute)
         return super().get_command(ctx, cmd_name)
+
+    def invoke(self, ctx: click.Context) -> object:
+        """Run the command; a configuration found unusable on the way (TLS files, credentials)
+        ends it with one line, not a traceback."""
+        try:
+            return super().invoke(ctx)
+        except ConfigError as exc:
+            raise click.ClickException(f"bad configuration: {exc}") from None
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         """The command list, with the lazy groups' summaries from the table (no import)."""

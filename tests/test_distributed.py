@@ -16,12 +16,18 @@ from riveg.core.stages import STAGES
 from riveg.orchestration.launcher import port_open
 from riveg.orchestration.pipeline import submit_post
 from tests.conftest import SAMPLE_IMAGE
-from tests.support.processes import delete_queues, free_port, spawn_up, stop_up
+from tests.support.processes import (
+    delete_job_records,
+    delete_queues,
+    free_port,
+    spawn_up,
+    stop_up,
+)
 
 pytestmark = pytest.mark.integration
 
 BROKER = os.environ.get("RIVEG_TEST_BROKER", "amqp://guest:guest@127.0.0.1:5672//")
-REDIS = os.environ.get("RIVEG_TEST_REDIS", "redis://127.0.0.1:6379/0")
+REDIS = os.environ.get("RIVEG_TEST_REDIS", "redis://127.0.0.1:6379/8")  # this module's db
 POSTS = [
     ("d1", "Astronaut Eileen Collins poses at NASA 's Johnson Space Center in Houston ."),
     ("d2", "Eileen Collins and Barack Obama talk about the shuttle Discovery ."),
@@ -61,6 +67,7 @@ def distributed(tmp_path_factory: pytest.TempPathFactory):
     finally:
         stop_up(process)
         delete_queues(BROKER, prefix)
+        delete_job_records(REDIS, prefix)
 
 
 def test_up_reports_every_process(distributed) -> None:

@@ -37,7 +37,12 @@ from riveg.orchestration.tasks import TASKS, PostError
 from riveg.serving.client import JOB_ID_KEY, StageInputError, TransientStageError
 from riveg.serving.stages import connect
 from riveg.v1 import common_pb2, mner_pb2, mner_pb2_grpc
-from tests.support.processes import console_script, delete_queues, free_port
+from tests.support.processes import (
+    console_script,
+    delete_job_records,
+    delete_queues,
+    free_port,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED_MNER_WEIGHTS = ROOT / "services" / "mner" / "weights"
@@ -220,6 +225,7 @@ def broker_queues() -> Iterator[str]:
     _needs_broker()
     yield PREFIX
     delete_queues(BROKER, PREFIX)
+    delete_job_records(RESULTS, PREFIX)
 
 
 @pytest.fixture
@@ -263,7 +269,7 @@ def test_worker_with_broker_flag_and_toml_processes_a_post(
 ) -> None:  # fmt: skip
     """`riveg worker pipeline llm mner ve vg seg --broker URL --config FILE`, with no RIVEG_* in
     its environment, takes the whole chain of a post from the broker, calls the stage servers
-    the file names and writes results/<job_id>.json to the file's local store."""
+    the file names and writes the result under its post id to the file's local store."""
     store_path = embedded_settings.store.path  # the stage servers read images from this store
     config = _toml(tmp_path / "riveg.toml", {
         "broker": {"result_backend": RESULTS, "queue_prefix": broker_queues},
@@ -292,8 +298,9 @@ def test_worker_with_broker_flag_and_toml_processes_a_post(
     assert any(t.endswith("Eileen Collins") and k == "PER" for t, k in found), found
     assert set(result["models"]) == {"llm", "mner", "ve", "vg", "seg"}
     stored = LocalObjectStore(store_path)
-    assert stored.exists(f"results/{submission.job_id}.json")
-    assert stored.get_json(f"results/{submission.job_id}.json")["entities"] == result["entities"]
+    stored_result = stored.get_json("results/posts/layout-c.json")
+    assert stored_result["job_id"] == submission.job_id
+    assert stored_result["entities"] == result["entities"]
 
 
 class _DownMner(mner_pb2_grpc.MnerServiceServicer):

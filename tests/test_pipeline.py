@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
+import re
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -14,6 +16,7 @@ from click.testing import CliRunner
 
 from riveg.core.errors import InvalidInput
 from riveg.core.images import rle_to_mask
+from riveg.orchestration.jobs import MemoryJobStore, result_key
 from riveg.orchestration.pipeline import STEPS, submit_post
 from riveg.orchestration.tasks import PostError
 from tests.conftest import SAMPLE_IMAGE, SAMPLE_TEXT
@@ -28,8 +31,11 @@ def sample_result(cluster, sample_bytes) -> dict:
 
 def test_result_has_the_documented_shape(sample_result) -> None:
     result = sample_result
-    assert set(result) == {"id", "text", "entities", "models", "timings_ms"}
+    assert set(result) == {"job_id", "id", "submitted_at", "finished_at", "text", "entities",
+                           "models", "timings_ms"}  # fmt: skip
     assert result["id"] == "astronaut" and result["text"] == SAMPLE_TEXT
+    assert re.fullmatch(r"[0-9a-f]{32}", result["job_id"])
+    assert result["submitted_at"] < result["finished_at"]  # ISO 8601 UTC times sort as text
     assert set(result["models"]) == {"llm", "mner", "ve", "vg", "seg"}
     assert all("@" in model for model in result["models"].values())
     assert set(result["timings_ms"]) == set(STEPS) - {"knowledge"}
@@ -52,8 +58,20 @@ def test_the_person_is_grounded_and_segmented(sample_result) -> None:
 def test_the_result_is_kept_in_the_object_store(cluster, sample_bytes) -> None:
     submission = submit_post(cluster, "Eileen Collins at NASA", sample_bytes, "kept")
     result = submission.get()
-    assert cluster.store.get_json(f"results/{submission.job_id}.json") == result
-    assert cluster.store.exists(f"images/{submission.job_id}")
+    assert result["job_id"] == submission.job_id
+    assert cluster.store.get_json("results/posts/kept.json") == result
+    record = cluster.jobs.get(submission.job_id)
+    assert record["status"] == "done" and record["result_key"] == "results/posts/kept.json"
+    assert cluster.jobs.backlog() == 0
+    # The image is kept once per content, with its content type.
+    digest = hashlib.sha256(sample_bytes).hexdigest()
+    assert cluster.store.get_bytes(f"images/sha256/{digest}") == sample_bytes
+
+
+def test_result_keys_derive_from_any_post_id() -> None:
+    assert result_key("kept") == "results/posts/kept.json"
+    assert result_key("a/../b c") == "results/posts/a%2F..%2Fb%20c.json"
+    assert result_key("tweet@17_06_1") == "results/posts/tweet@17_06_1.json"
 
 
 def test_knowledge_step_runs_when_asked(cluster, sample_bytes) -> None:
@@ -173,12 +191,13 @@ def test_image_id_reaches_the_describe_call(monkeypatch: pytest.MonkeyPatch) -> 
     runtime = SimpleNamespace(client=lambda stage: FakeLlm())
     state: dict = {}
     monkeypatch.setattr(pipeline, "build_chain", lambda s, knowledge: state.update(s) or _Done())
-    store = SimpleNamespace(put_bytes=lambda key, data: key)
+    store = SimpleNamespace(put_bytes=lambda key, data, content_type: key, exists=lambda key: False)
     settings = SimpleNamespace(
         pipeline=SimpleNamespace(knowledge=True), limits=LimitsSettings(), embedded=True
     )
-    pipeline.submit_post(SimpleNamespace(store=store, settings=settings), "Obama", b"x", "p",
-                         image_id="16_05_01_6")  # fmt: skip
+    jobs = MemoryJobStore()
+    pipeline.submit_post(SimpleNamespace(store=store, settings=settings, jobs=jobs), "Obama",
+                         b"x", "p", image_id="16_05_01_6")  # fmt: skip
     assert state["image_id"] == "16_05_01_6"
     inspect.unwrap(tasks.knowledge.run)(state, runtime)  # the step function itself
     describe = calls[0][1]

@@ -1,10 +1,15 @@
 #!/opt/venv/bin/python
-"""Container health check of the RiVEG-serve images (Docker HEALTHCHECK; Kubernetes uses probes).
+"""Container health check of the RiVEG-serve images: Docker HEALTHCHECK, and the Kubernetes
+probes of the stage servers (Kubernetes' native gRPC probes cannot speak TLS).
 
-    riveg-healthcheck grpc     the stage server on 127.0.0.1:$RIVEG_GRPC_PORT answers SERVING
-    riveg-healthcheck worker   the broker named by $RIVEG_BROKER_URL accepts TCP connections
+    riveg-healthcheck grpc [SERVICE]   the stage server on this machine answers SERVING for
+                                       SERVICE (default "": the whole server)
+    riveg-healthcheck worker           the broker named by $RIVEG_BROKER_URL accepts TCP connections
 
-Exit status 0 means healthy, 1 unhealthy.
+The gRPC check connects the way the stage's worker does: the [grpc] settings from the
+environment (RIVEG_GRPC_PORT, _HOST, _TLS, _TLS_CA, _TLS_SERVER_NAME, _MTLS, _TLS_CLIENT_CERT,
+_TLS_CLIENT_KEY), so with TLS it verifies the server's certificate and, under mutual TLS,
+presents the client certificate. Exit status 0 means healthy, 1 unhealthy, 2 a usage error.
 """
 
 from __future__ import annotations
@@ -15,24 +20,39 @@ import sys
 from urllib.parse import urlsplit
 
 TIMEOUT_S = 3.0
+ANY_ADDRESS = {"", "0.0.0.0", "::", "[::]"}
 
 
-def check_grpc() -> bool:
-    """The gRPC health service reports the whole server ("") as SERVING."""
+def check_grpc(service: str = "") -> bool:
+    """The gRPC health service reports ``service`` as SERVING."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    port = os.environ.get("RIVEG_GRPC_PORT", "")
-    if not port:
+    from riveg.core.config import load_settings
+    from riveg.serving.security import open_channel
+
+    try:
+        settings = load_settings().grpc
+    except Exception as exc:  # a configuration error: report it in one line, unhealthy
+        print(f"configuration: {exc}", file=sys.stderr)
+        return False
+    if not settings.port:
         print("RIVEG_GRPC_PORT is not set", file=sys.stderr)
         return False
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+    # The server binds [grpc] host; one bound to every address is reached on loopback.
+    host = "127.0.0.1" if settings.host in ANY_ADDRESS else settings.host
+    try:
+        channel = open_channel(f"{host}:{settings.port}", settings, [])
+    except Exception as exc:  # unreadable certificate or key
+        print(f"configuration: {exc}", file=sys.stderr)
+        return False
+    with channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=""), timeout=TIMEOUT_S
+                health_pb2.HealthCheckRequest(service=service), timeout=TIMEOUT_S
             )
         except grpc.RpcError as exc:
-            print(f"health check failed: {exc.code()}", file=sys.stderr)
+            print(f"health check failed: {exc.code()} {exc.details() or ''}", file=sys.stderr)
             return False
     serving = reply.status == health_pb2.HealthCheckResponse.SERVING
     if not serving:
@@ -56,11 +76,12 @@ def check_worker() -> bool:
 
 def main(argv: list[str]) -> int:
     """Run the named check."""
-    checks = {"grpc": check_grpc, "worker": check_worker}
-    if len(argv) != 1 or argv[0] not in checks:
-        print(f"usage: riveg-healthcheck {{{','.join(checks)}}}", file=sys.stderr)
-        return 2
-    return 0 if checks[argv[0]]() else 1
+    if argv[:1] == ["grpc"] and len(argv) <= 2:
+        return 0 if check_grpc(*argv[1:]) else 1
+    if argv == ["worker"]:
+        return 0 if check_worker() else 1
+    print("usage: riveg-healthcheck {grpc [SERVICE],worker}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -142,6 +142,96 @@ class GrpcSettings(Section):
     max_message_mb: int = Field(32, description="largest gRPC message, both directions")
     timeout_s: float = Field(120.0, description="deadline of each stage call")
     shutdown_grace_s: float = Field(10.0, description="time in-flight calls get on SIGTERM")
+    host: str = Field(
+        "127.0.0.1",
+        description="address the stage servers bind: loopback by default (one machine); "
+        "`0.0.0.0` in a cluster",
+    )
+    tls: bool = Field(False, description="TLS on every stage server and client")
+    tls_cert: Unset[Path] = Field(None, description="server certificate chain (PEM), with `tls`")
+    tls_key: Unset[Path] = Field(None, description="server private key (PEM), with `tls`")
+    tls_ca: Unset[Path] = Field(
+        None,
+        description="CA (PEM) clients verify servers with, and servers verify client "
+        "certificates with under `mtls`; unset: the system's roots",
+    )
+    tls_server_name: str = Field(
+        "", description="name expected in the server's certificate (default: the address' host)"
+    )
+    mtls: bool = Field(False, description="servers require a client certificate signed by `tls_ca`")
+    tls_client_cert: Unset[Path] = Field(
+        None, description="client certificate chain (PEM) presented under `mtls`"
+    )
+    tls_client_key: Unset[Path] = Field(None, description="client private key (PEM), `mtls`")
+    admin_token: Unset[SecretStr] = Field(
+        None,
+        description="bearer token ModelAdmin Load/Rollback require (a Secret in k8s); unset: "
+        "only loopback callers or `admin_clients` may swap models",
+    )
+    admin_clients: str = Field(
+        "",
+        description="client-certificate common names allowed Load/Rollback under `mtls` "
+        "(comma-separated)",
+    )
+
+    @property
+    def admin_names(self) -> frozenset[str]:
+        """The common names of ``admin_clients``."""
+        return frozenset(name.strip() for name in self.admin_clients.split(",") if name.strip())
+
+    @model_validator(mode="after")
+    def _mtls_needs_tls(self) -> GrpcSettings:
+        if self.mtls and not self.tls:
+            raise ValueError("mtls needs tls: set RIVEG_GRPC_TLS=true as well")
+        return self
+
+
+class GatewaySettings(Section):
+    """The HTTP API (`riveg gateway`) posts are submitted through, and its job records."""
+
+    host: str = Field("127.0.0.1", description="address `riveg gateway` binds")
+    port: int = Field(8080, description="port `riveg gateway` binds")
+    api_keys_file: Unset[Path] = Field(
+        None,
+        description="file of accepted API keys, one `sha256:<hex digest of the key>` per line "
+        "(a Secret in k8s); unset: no keys, and the gateway binds loopback only",
+    )
+    max_backlog: int = Field(
+        1000, gt=0, description="jobs queued or running above which new posts get 429"
+    )
+    max_batch: int = Field(100, gt=0, description="most posts in one `POST /v1/posts:batch`")
+    max_body_bytes: int = Field(
+        32 * 1024 * 1024,
+        gt=0,
+        description="largest request body, in bytes (413 above; base64 makes images 4/3 larger)",
+    )
+    workers: int = Field(2, gt=0, description="posts run at once in embedded mode (no broker)")
+    url_hosts: str = Field(
+        "",
+        description="hosts `image_url` and `callback_url` may name (comma-separated, "
+        "`*.example.com` allowed); empty: any host whose addresses are all public",
+    )
+    url_timeout_s: float = Field(10.0, gt=0, description="timeout of an image download")
+    callback_secret: Unset[SecretStr] = Field(
+        None,
+        description="HMAC-SHA256 key signing callbacks (`X-Riveg-Signature`); unset: unsigned",
+    )
+    callback_attempts: int = Field(
+        6, gt=0, description="tries of a callback (backoff 1, 2, 4 s...)"
+    )
+    jobs_ttl_s: int = Field(7 * 86400, gt=0, description="how long job records are kept")
+    url: str = Field(
+        "http://127.0.0.1:8080",
+        description="where `riveg submit/status/result` reach the gateway",
+    )
+    api_key: Unset[SecretStr] = Field(
+        None, description="the key `riveg submit/status/result` send (`Authorization: Bearer`)"
+    )
+
+    @property
+    def allowed_hosts(self) -> tuple[str, ...]:
+        """The entries of ``url_hosts``, lower case."""
+        return tuple(h.strip().lower() for h in self.url_hosts.split(",") if h.strip())
 
 
 class ModelsSettings(Section):
@@ -233,6 +323,7 @@ class Settings(BaseSettings):
     store: StoreSettings = Field(default_factory=StoreSettings)
     s3: S3Settings = Field(default_factory=S3Settings)
     grpc: GrpcSettings = Field(default_factory=GrpcSettings)
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     models: ModelsSettings = Field(default_factory=ModelsSettings)
     log: LogSettings = Field(default_factory=LogSettings)
     llm: LlmSettings = Field(default_factory=LlmSettings)

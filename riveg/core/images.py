@@ -69,6 +69,16 @@ def check_image(
         return image.size
 
 
+def image_content_type(data: bytes) -> str:
+    """The MIME type of image bytes from their header (``application/octet-stream`` when Pillow
+    does not know the format)."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return Image.MIME.get(image.format or "", "application/octet-stream")
+    except (UnidentifiedImageError, *DECODE_ERRORS):
+        return "application/octet-stream"
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
     """An 8-bit RGB copy of an image of any mode: 16-bit and 32-bit gray scaled down (not
     clipped to white), float gray of 0..1 scaled up, transparency composited over white."""

@@ -16,7 +16,8 @@ from typing import Any
 from minio import Minio
 from minio.error import S3Error
 
-from riveg.core.config import Settings
+from riveg.core.config import ConfigError, S3Settings, Settings
+from riveg.core.network import is_loopback_host
 
 
 class ObjectNotFound(KeyError):
@@ -150,6 +151,15 @@ def open_store(settings: Settings) -> ObjectStore:
     if settings.store.kind == "local":
         return LocalObjectStore(settings.store.path)
     s3 = settings.s3
+    defaults = S3Settings()
+    if (
+        s3.access_key.get_secret_value() == defaults.access_key.get_secret_value()
+        or s3.secret_key.get_secret_value() == defaults.secret_key.get_secret_value()
+    ) and not is_loopback_host(s3.endpoint.rsplit(":", 1)[0]):
+        raise ConfigError(
+            f"the S3 credentials are the built-in defaults, refused for {s3.endpoint}: set "
+            "RIVEG_S3_ACCESS_KEY and RIVEG_S3_SECRET_KEY (in Kubernetes: the riveg-store Secret)"
+        )
     store = S3ObjectStore(
         s3.endpoint,
         s3.access_key.get_secret_value(),

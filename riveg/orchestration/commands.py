@@ -369,10 +369,14 @@ def _outcome(post_id: str, submission: Any) -> dict[str, Any]:
 @click.command()
 @click.argument("stage", type=click.Choice(STAGES))
 @click.option("--port", type=int, help="Port to bind (default: RIVEG_GRPC_PORT or the stage's).")
+@click.option(
+    "--host",
+    help="Address to bind (default: RIVEG_GRPC_HOST, 127.0.0.1; 0.0.0.0 to serve other machines).",
+)
 @config_option
-def serve(stage: str, port: int | None, config_file: str | None) -> None:
-    """Run one stage's gRPC server until SIGTERM."""
-    settings = cli_settings(config_file)
+def serve(stage: str, port: int | None, host: str | None, config_file: str | None) -> None:
+    """Run one stage's gRPC server until SIGTERM (TLS and mTLS as [grpc] configures)."""
+    settings = cli_settings(config_file, grpc_host=host)
     server = StageServer(build_stage(stage, settings, open_store(settings)), settings)
     server.start(port=port)
     server.serve_forever()

@@ -23,6 +23,7 @@ from kombu.utils.url import maybe_sanitize_url
 from riveg.core.cli import cli_settings, config_option
 from riveg.core.config import Settings, settings_env
 from riveg.core.logging import get_logger
+from riveg.core.network import is_loopback_host
 from riveg.core.stages import QUEUES, STAGES
 from riveg.orchestration.celery_app import configure_app
 from riveg.serving.stages import connect
@@ -66,7 +67,7 @@ class Launcher:
         if self.settings.store.kind != "s3":
             return
         host, port = self.settings.s3.endpoint.rsplit(":", 1)
-        if host not in ("127.0.0.1", "localhost") or port_open(host, int(port)):
+        if not is_loopback_host(host) or port_open(host, int(port)):
             return
         data_dir = self.log_dir.parent / "s3-data"
         data_dir.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -9,8 +10,11 @@ from typing import Any
 from celery import chain
 from celery.result import AsyncResult
 
+from riveg.core.images import image_content_type
 from riveg.core.limits import check_image_bytes, check_text
+from riveg.core.storage import ObjectStore
 from riveg.orchestration.celery_app import STEPS
+from riveg.orchestration.jobs import new_record, now
 from riveg.orchestration.runtime import Runtime
 from riveg.orchestration.tasks import TASKS, PostError
 
@@ -43,6 +47,8 @@ def submit_post(
     post_id: str | None = None,
     knowledge: bool | None = None,
     image_id: str | None = None,
+    job_id: str | None = None,
+    image_key: str | None = None,
 ) -> Submission:
     """Upload the image to the object store and start the post's chain.
 
@@ -53,17 +59,28 @@ def submit_post(
     is enqueued on the broker. Text that is empty, too long or not valid Unicode, and image
     bytes over the byte limit, are refused here (InvalidInput), before anything is stored; the
     ``store`` step decodes the image within the limits.
+
+    ``job_id``: a job the caller has recorded already (the gateway claims the post id first);
+    otherwise a new job is recorded here. ``image_key``: the image is in the store already
+    (``image_bytes`` is then ignored). Images are stored once per content (by SHA-256).
     """
     limits = runtime.settings.limits
     check_text(text or "", limits.max_text_chars)
-    check_image_bytes(len(image_bytes), limits.max_image_bytes)
-    job_id = uuid.uuid4().hex
-    key = runtime.store.put_bytes(f"images/{job_id}", image_bytes)
+    if image_key is None:
+        check_image_bytes(len(image_bytes), limits.max_image_bytes)
+        image_key = store_image(runtime.store, image_bytes)
+    if job_id is None:
+        job_id = uuid.uuid4().hex
+        runtime.jobs.update(job_id, **new_record(job_id, post_id or job_id, image_key=image_key))
+    else:
+        runtime.jobs.update(job_id, image_key=image_key)
+    record = runtime.jobs.get(job_id) or {}
     state = {
         "id": post_id or job_id,
         "job_id": job_id,
+        "submitted_at": record.get("submitted_at") or now(),
         "text": text,
-        "image": {"key": key, "width": 0, "height": 0},
+        "image": {"key": image_key, "width": 0, "height": 0},
         "entities": [],
         "models": {},
         "timings_ms": {},
@@ -79,6 +96,15 @@ def submit_post(
             outcome = _Failed(exc)
         return Submission(state["id"], job_id, outcome)
     return Submission(state["id"], job_id, workflow.apply_async())
+
+
+def store_image(store: ObjectStore, data: bytes) -> str:
+    """Keep an image under its content hash with its content type (sniffed from its first
+    bytes); an image submitted again is stored once. Returns its key."""
+    key = f"images/sha256/{hashlib.sha256(data).hexdigest()}"
+    if not store.exists(key):
+        store.put_bytes(key, data, image_content_type(data))
+    return key
 
 
 class _Failed:

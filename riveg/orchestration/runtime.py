@@ -15,6 +15,7 @@ from riveg.core.config import Settings, get_settings
 from riveg.core.logging import get_logger
 from riveg.core.stages import STAGES
 from riveg.core.storage import ObjectStore, open_store
+from riveg.orchestration.jobs import JobStore, open_jobs
 from riveg.serving.client import StageClient
 from riveg.serving.server import StageServer
 from riveg.serving.stages import build_stage, connect
@@ -31,6 +32,15 @@ class Runtime:
     addrs: dict[str, str] = field(default_factory=dict)
     _clients: dict[str, StageClient] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _jobs: JobStore | None = None
+
+    @property
+    def jobs(self) -> JobStore:
+        """The job records (in this process when embedded, else in the result backend)."""
+        with self._lock:
+            if self._jobs is None:
+                self._jobs = open_jobs(self.settings)
+            return self._jobs
 
     def client(self, stage: str) -> StageClient:
         """The (cached) client of a stage server."""

@@ -22,6 +22,8 @@ from riveg.core.images import decode_image, mask_to_rle, png_mask
 from riveg.core.limits import check_text
 from riveg.core.logging import get_logger
 from riveg.orchestration.celery_app import STEPS, app, task_name
+from riveg.orchestration.jobs import now, result_key
+from riveg.orchestration.notify import finish_job
 from riveg.orchestration.runtime import Runtime, get_runtime
 from riveg.serving.client import StageInputError, TransientStageError
 from riveg.serving.messages import (
@@ -73,21 +75,34 @@ class StepTask(Task):
         ):
             attempt = self.request.retries + 1 if self.request.id else 1
             log.info("step started", attempt=attempt)
+            runtime = get_runtime()
+            job_id = state.get("job_id")
+            if job_id:
+                runtime.jobs.update(job_id, status="running", step=self.step)
             try:
                 result = super().__call__(state)
             except (InvalidInput, StageInputError) as exc:
                 log.info("step failed", outcome="bad_post", error=str(exc))
-                raise PostError(f"post {state.get('id')!r}: {exc}") from None
+                error = PostError(f"post {state.get('id')!r}: {exc}")
+                self._failed(runtime, job_id, error)
+                raise error from None
             except Retry as retry:
                 log.warning("step failed, retrying", outcome="retry", error=str(retry.exc))
                 raise
             except Exception as exc:
                 log.error("step failed", outcome="error", error=f"{type(exc).__name__}: {exc}")
+                self._failed(runtime, job_id, exc)
                 raise
             elapsed = round((time.perf_counter() - started) * 1000, 1)
             result.setdefault("timings_ms", {}).setdefault(self.step, elapsed)
             log.info("step done", outcome="ok", ms=elapsed)
         return result
+
+    def _failed(self, runtime: Runtime, job_id: str | None, error: Exception) -> None:
+        """The job ends here: record the failure and notify."""
+        if job_id:
+            finish_job(runtime.settings, runtime.jobs, job_id,
+                       error=f"{self.step}: {type(error).__name__}: {error}")  # fmt: skip
 
 
 TASKS: dict[str, StepTask] = {}
@@ -247,7 +262,9 @@ def result_of(state: State, runtime: Runtime) -> State:
             }
         )
     return {
+        "job_id": state["job_id"],
         "id": state["id"],
+        "submitted_at": state.get("submitted_at"),
         "text": state["text"],
         "entities": entities,
         "models": dict(sorted(state.get("models", {}).items())),
@@ -260,9 +277,11 @@ def assemble(state: State, runtime: Runtime) -> State:
     """Build the result, keep it in the object store, and return it (the result backend's copy)."""
     started = time.perf_counter()
     result = result_of(state, runtime)
+    result["finished_at"] = now()
     result["timings_ms"]["assemble"] = round((time.perf_counter() - started) * 1000, 1)
-    runtime.store.put_json(f"results/{state['job_id']}.json", result)
-    log.info("post done", entities=len(result["entities"]))
+    key = runtime.store.put_json(result_key(state["id"]), result)
+    finish_job(runtime.settings, runtime.jobs, state["job_id"], result=result, result_key=key)
+    log.info("post done", entities=len(result["entities"]), result_key=key)
     return result
 
 

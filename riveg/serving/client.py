@@ -9,6 +9,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from riveg.core.config import Settings
+from riveg.serving.security import admin_metadata, open_channel
 from riveg.v1 import common_pb2_grpc
 
 JOB_ID_KEY = "x-job-id"
@@ -70,7 +71,7 @@ class StageClient:
         self.stage = stage
         self.addr = addr
         self.settings = settings
-        self.channel = grpc.insecure_channel(addr, options=channel_options(settings))
+        self.channel = open_channel(addr, settings.grpc, channel_options(settings))
         self.stub = stub_class(self.channel)
         self.admin = common_pb2_grpc.ModelAdminStub(self.channel)
 
@@ -84,6 +85,11 @@ class StageClient:
             )
         except grpc.RpcError as exc:
             raise stage_error(self.stage, exc.code(), exc.details() or "") from exc
+
+    @property
+    def admin_metadata(self) -> tuple[tuple[str, str], ...]:
+        """Metadata carrying the admin credential for ModelAdmin Load/Rollback (if configured)."""
+        return admin_metadata(self.settings.grpc)
 
     def wait_ready(self, timeout: float = 300.0) -> None:
         """Block until the server's health check says SERVING; TimeoutError otherwise."""

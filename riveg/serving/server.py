@@ -21,7 +21,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from riveg.core.config import Settings
+from riveg.core.config import GrpcSettings, Settings
 from riveg.core.errors import InvalidInput
 from riveg.core.logging import get_logger
 from riveg.core.stages import Stage
@@ -29,6 +29,7 @@ from riveg.core.storage import ObjectNotFound
 from riveg.serving.backend import Backend
 from riveg.serving.client import JOB_ID_KEY, channel_options
 from riveg.serving.manager import ModelManager, warm
+from riveg.serving.security import admin_refusal, server_credentials
 from riveg.v1 import common_pb2, common_pb2_grpc
 
 log = get_logger("riveg.rpc")
@@ -86,10 +87,18 @@ def check_deadline(context: grpc.ServicerContext, needed_s: float = 0.0) -> None
 
 
 class _ModelAdminServicer(common_pb2_grpc.ModelAdminServicer):
-    """Current, List, Load and Rollback over the stage's ModelManager."""
+    """Current, List, Load and Rollback over the stage's ModelManager; Load and Rollback (which
+    swap the model every client gets) need the admin credential, Current and List do not."""
 
-    def __init__(self, models: ModelManager) -> None:
+    def __init__(self, models: ModelManager, grpc_settings: GrpcSettings) -> None:
         self.models = models
+        self.grpc_settings = grpc_settings
+
+    def _authorize(self, context: grpc.ServicerContext) -> None:
+        refusal = admin_refusal(context, self.grpc_settings)
+        if refusal is not None:
+            log.warning("model admin refused", peer=context.peer(), reason=refusal)
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
 
     def Current(self, request, context):
         backend = self.models.current
@@ -106,6 +115,7 @@ class _ModelAdminServicer(common_pb2_grpc.ModelAdminServicer):
         return common_pb2.ListModelsResponse(models=rows, model=self.models.current.model)
 
     def Load(self, request, context):
+        self._authorize(context)
         try:
             result = self.models.load(request.model)
         except (ValueError, FileNotFoundError) as exc:
@@ -113,6 +123,7 @@ class _ModelAdminServicer(common_pb2_grpc.ModelAdminServicer):
         return common_pb2.LoadModelResponse(**vars(result))
 
     def Rollback(self, request, context):
+        self._authorize(context)
         try:
             result = self.models.rollback()
         except ValueError as exc:
@@ -159,7 +170,7 @@ class StageServer:
         )
         spec.add_to_server(spec.servicer, self.server)
         common_pb2_grpc.add_ModelAdminServicer_to_server(
-            _ModelAdminServicer(spec.models), self.server
+            _ModelAdminServicer(spec.models, settings.grpc), self.server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
@@ -179,14 +190,29 @@ class StageServer:
         for name in ("", self.spec.service_name):
             self.health.set(name, status)
 
-    def start(self, port: int | None = None, host: str = "0.0.0.0", load: bool = True) -> int:
-        """Bind (port 0 = any free port), start serving health, load the model, then SERVING."""
+    def start(self, port: int | None = None, host: str | None = None, load: bool = True) -> int:
+        """Bind (port 0 = any free port; host default ``[grpc] host``, loopback unless set),
+        with TLS when the settings say so, start serving health, load the model, then SERVING."""
+        bind_host = self.settings.grpc.host if host is None else host
         bind_port = self.settings.server_port(self.spec.stage.name) if port is None else port
-        self.port = self.server.add_insecure_port(f"{host}:{bind_port}")
+        address = f"{bind_host}:{bind_port}"
+        credentials = server_credentials(self.settings.grpc)
+        try:
+            if credentials is None:
+                self.port = self.server.add_insecure_port(address)
+            else:
+                self.port = self.server.add_secure_port(address, credentials)
+        except RuntimeError:
+            self.port = 0
         if self.port == 0:
-            raise RuntimeError(f"{self.spec.stage.name}: cannot bind {host}:{bind_port}")
+            raise RuntimeError(f"{self.spec.stage.name}: cannot bind {address}")
         self.server.start()
-        log.info("server started", stage=self.spec.stage.name, port=self.port)
+        log.info(
+            "server started",
+            stage=self.spec.stage.name,
+            address=f"{bind_host}:{self.port}",
+            tls="mutual" if self.settings.grpc.mtls else self.settings.grpc.tls,
+        )
         if load:
             self.load_model()
         return self.port

@@ -13,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 
+import redis
 from kombu import Connection
 
 from riveg.core.stages import QUEUES
@@ -85,12 +86,30 @@ def stop_up(process: subprocess.Popen, timeout: float = 60.0) -> None:
 
 
 def delete_queues(broker_url: str, prefix: str) -> None:
-    """Delete the ``<prefix>.<queue>`` queues of every stage and ``pipeline`` on the broker, the
-    ones a test's workers or submissions declared (a queue never declared is skipped)."""
+    """Delete the ``<prefix>.<queue>`` queues of every stage and ``pipeline``, the intake queues
+    and the results exchange on the broker, the ones a test's workers or submissions declared
+    (one never declared is skipped)."""
+    queues = [*QUEUES, "intake", "intake.dead"]
     with Connection(broker_url) as connection:
         channel = connection.channel()
-        for queue in QUEUES:
+        for queue in queues:
             try:
                 channel.queue_delete(f"{prefix}.{queue}")
             except Exception:  # never declared: the broker closes the channel; open another
                 channel = connection.channel()
+        for exchange in ("results", "intake.dead"):
+            try:
+                channel.exchange_delete(f"{prefix}.{exchange}")
+            except Exception:
+                channel = connection.channel()
+
+
+def delete_job_records(redis_url: str, prefix: str) -> None:
+    """Delete the job records the pipeline kept in Redis for the queue prefix ``prefix``."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"riveg-jobs:{prefix}:*", count=500))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()

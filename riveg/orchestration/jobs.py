@@ -1,0 +1,213 @@
+"""Job records: what became of each submitted post, findable by job id and by post id.
+
+A record is created when a post is submitted (``queued``), updated by the pipeline's steps as
+they start (``running`` with the step) and when the job ends (``done`` with the result's key, or
+``failed`` with the error). A post id (or an idempotency key) is claimed once: submitting it
+again finds the existing job instead of starting a second one.
+
+Embedded mode keeps the records in this process (:class:`MemoryJobStore`); with a broker they
+live in the result backend's Redis (:class:`RedisJobStore`), shared by the gateway and every
+worker.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import threading
+from abc import ABC, abstractmethod
+from typing import Any
+from urllib.parse import quote
+
+import redis
+
+from riveg.core.config import Settings
+
+Record = dict[str, Any]
+ACTIVE = ("queued", "running")
+FINAL = ("done", "failed")
+
+
+def now() -> str:
+    """The current UTC time, ISO 8601 with milliseconds."""
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
+
+
+def result_key(post_id: str) -> str:
+    """The object key of a post's result, derived from its id (readable, any id is safe)."""
+    return f"results/posts/{quote(post_id, safe='-_.@')}.json"
+
+
+def new_record(
+    job_id: str, post_id: str, callback_url: str | None = None, image_key: str | None = None
+) -> Record:
+    """The record of a job just submitted."""
+    return {
+        "job_id": job_id,
+        "id": post_id,
+        "status": "queued",
+        "step": None,
+        "error": None,
+        "submitted_at": now(),
+        "finished_at": None,
+        "result_key": None,
+        "callback_url": callback_url,
+        "image_key": image_key,
+    }
+
+
+class JobStore(ABC):
+    """Job records by job id, the claim of each post id, and the backlog (jobs not ended)."""
+
+    @abstractmethod
+    def claim(self, key: str, record: Record) -> tuple[Record, bool]:
+        """Create ``record`` under the idempotency ``key`` unless the key names a job already:
+        (the key's job, True when it is this new one)."""
+
+    @abstractmethod
+    def get(self, job_id: str) -> Record | None:
+        """The job's record, or None."""
+
+    @abstractmethod
+    def find(self, key: str) -> Record | None:
+        """The record of the job that claimed ``key`` (a post id or idempotency key)."""
+
+    @abstractmethod
+    def update(self, job_id: str, /, **fields: Any) -> None:
+        """Change fields of a job's record (created if missing); a final status ends it."""
+
+    @abstractmethod
+    def release(self, key: str, job_id: str) -> None:
+        """Forget the claim of ``key`` by ``job_id`` (its submission failed before it ran)."""
+
+    @abstractmethod
+    def backlog(self) -> int:
+        """How many jobs are queued or running."""
+
+
+class MemoryJobStore(JobStore):
+    """Records in this process (embedded mode)."""
+
+    def __init__(self) -> None:
+        self._jobs: dict[str, Record] = {}
+        self._keys: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def claim(self, key: str, record: Record) -> tuple[Record, bool]:
+        with self._lock:
+            existing = self._keys.get(key)
+            if existing is not None and existing in self._jobs:
+                return dict(self._jobs[existing]), False
+            self._keys[key] = record["job_id"]
+            self._jobs[record["job_id"]] = dict(record)
+            return dict(record), True
+
+    def get(self, job_id: str) -> Record | None:
+        with self._lock:
+            record = self._jobs.get(job_id)
+            return dict(record) if record is not None else None
+
+    def find(self, key: str) -> Record | None:
+        with self._lock:
+            job_id = self._keys.get(key)
+        return self.get(job_id) if job_id is not None else None
+
+    def update(self, job_id: str, /, **fields: Any) -> None:
+        with self._lock:
+            self._jobs.setdefault(job_id, {"job_id": job_id}).update(fields)
+
+    def release(self, key: str, job_id: str) -> None:
+        with self._lock:
+            if self._keys.get(key) == job_id:
+                del self._keys[key]
+            self._jobs.pop(job_id, None)
+
+    def backlog(self) -> int:
+        with self._lock:
+            return sum(1 for r in self._jobs.values() if r.get("status") in ACTIVE)
+
+
+class RedisJobStore(JobStore):
+    """Records as Redis hashes (``<prefix>:job:<job_id>``), claims as keys set only when absent
+    (``<prefix>:key:<key>``), the backlog as a set of job ids; all expire after ``ttl_s``."""
+
+    def __init__(self, url: str, prefix: str, ttl_s: int) -> None:
+        self.redis = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
+        self.prefix = prefix
+        self.ttl_s = ttl_s
+
+    def _job(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}"
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}:key:{key}"
+
+    @property
+    def _active(self) -> str:
+        return f"{self.prefix}:active"
+
+    def _write(self, pipe: Any, job_id: str, fields: dict[str, Any]) -> None:
+        pipe.hset(self._job(job_id), mapping={k: json.dumps(v) for k, v in fields.items()})
+        pipe.expire(self._job(job_id), self.ttl_s)
+
+    def claim(self, key: str, record: Record) -> tuple[Record, bool]:
+        job_id = record["job_id"]
+        for _ in range(3):
+            if self.redis.set(self._key(key), job_id, nx=True, ex=self.ttl_s):
+                with self.redis.pipeline() as pipe:
+                    self._write(pipe, job_id, record)
+                    pipe.sadd(self._active, job_id)
+                    pipe.execute()
+                return dict(record), True
+            existing = self.find(key)
+            if existing is not None:
+                return existing, False
+            # The claimed job is being written (or expired): look again.
+        raise RuntimeError(f"cannot claim {key!r} in the job store")
+
+    def get(self, job_id: str) -> Record | None:
+        raw = self.redis.hgetall(self._job(job_id))
+        if not raw:
+            return None
+        return {k.decode(): json.loads(v) for k, v in raw.items()}
+
+    def find(self, key: str) -> Record | None:
+        job_id = self.redis.get(self._key(key))
+        return self.get(job_id.decode()) if job_id is not None else None
+
+    def update(self, job_id: str, /, **fields: Any) -> None:
+        with self.redis.pipeline() as pipe:
+            self._write(pipe, job_id, {"job_id": job_id, **fields})
+            if fields.get("status") in FINAL:
+                pipe.srem(self._active, job_id)
+            elif fields.get("status") in ACTIVE:
+                pipe.sadd(self._active, job_id)
+            pipe.execute()
+
+    def release(self, key: str, job_id: str) -> None:
+        current = self.redis.get(self._key(key))
+        with self.redis.pipeline() as pipe:
+            if current is not None and current.decode() == job_id:
+                pipe.delete(self._key(key))
+            pipe.delete(self._job(job_id))
+            pipe.srem(self._active, job_id)
+            pipe.execute()
+
+    def backlog(self) -> int:
+        return int(self.redis.scard(self._active))
+
+    def ping(self) -> bool:
+        """Whether Redis answers."""
+        return bool(self.redis.ping())
+
+
+def open_jobs(settings: Settings) -> JobStore:
+    """Memory in embedded mode; else Redis at the result backend's URL (records prefixed by the
+    queue prefix, so that two deployments on one Redis stay apart)."""
+    if settings.embedded:
+        return MemoryJobStore()
+    url = settings.broker.result_backend.get_secret_value()
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError(f"job records need a Redis result backend, not {url.split(':', 1)[0]}")
+    return RedisJobStore(url, f"riveg-jobs:{settings.broker.queue_prefix}",
+                         settings.gateway.jobs_ttl_s)  # fmt: skip
