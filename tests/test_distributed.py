@@ -3,16 +3,23 @@ against the real RabbitMQ and Redis; results must equal the embedded mode's."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
+import httpx
 import pytest
+from jsonschema import Draft202012Validator
+from kombu import Connection, Exchange, Queue
 
 from riveg.core.stages import STAGES
+from riveg.gateway.amqp import SCHEMAS
+from riveg.gateway.client import GatewayClient
 from riveg.orchestration.launcher import port_open
 from riveg.orchestration.pipeline import submit_post
 from tests.conftest import SAMPLE_IMAGE
@@ -36,8 +43,11 @@ POSTS = [
 ]
 
 
+RUN_KEYS = {"timings_ms", "job_id", "submitted_at", "finished_at"}  # differ from run to run
+
+
 def _strip(result: dict) -> dict:
-    return {k: v for k, v in result.items() if k != "timings_ms"}
+    return {k: v for k, v in result.items() if k not in RUN_KEYS}
 
 
 @pytest.fixture(scope="module")
@@ -105,3 +115,101 @@ def test_distributed_results_equal_embedded_and_bad_posts_fail_alone(
         embedded = submit_post(cluster, text, SAMPLE_IMAGE.read_bytes(), post_id).get()
         assert _strip(records[post_id]) == _strip(embedded), post_id
     assert any(e["mask"] for r in records.values() for e in r.get("entities", []))
+
+
+def _start_gateway(env: dict[str, str], log: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [str(Path(sys.executable).parent / "riveg"), "gateway", "--port", str(port)],
+            env=env, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        if process.poll() is not None:
+            pytest.fail(f"riveg gateway exited {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            ready = httpx.get(f"{url}/readyz", timeout=5)
+            if ready.status_code == 200:
+                assert set(ready.json()["checked"]) == {"broker", "job_records", "store"}
+                return process, url
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"riveg gateway not ready:\n{log.read_text()[-3000:]}")
+        time.sleep(0.5)
+
+
+def test_gateway_amqp_intake_and_results_exchange(distributed, tmp_path: Path) -> None:
+    """`riveg gateway` with the broker: a post over HTTP and one over the AMQP intake both run
+    on the distributed pipeline; each finished job is published to <prefix>.results; bad intake
+    messages go to <prefix>.intake.dead with their reason."""
+    env = distributed["env"]
+    prefix = env["RIVEG_BROKER_QUEUE_PREFIX"]
+    process, url = _start_gateway(env, tmp_path / "gateway.log")
+    image = base64.b64encode(SAMPLE_IMAGE.read_bytes()).decode()
+    job_schema = Draft202012Validator(json.loads((SCHEMAS / "job.schema.json").read_text()))
+    try:
+        with Connection(BROKER) as connection:
+            results = Queue(f"{prefix}.test-results", Exchange(f"{prefix}.results", "topic",
+                            durable=True), routing_key="job.#", exclusive=True)  # fmt: skip
+            results.bind(connection.default_channel).declare()
+            submitted = time.monotonic()
+            body = {"id": "dist-http", "text": POSTS[0][1], "image_b64": image}
+            response = httpx.post(f"{url}/v1/posts", json=body, timeout=30)
+            assert response.status_code == 202, response.text
+            producer = connection.Producer(serializer="json")
+            intake = Queue(f"{prefix}.intake", Exchange(""), routing_key=f"{prefix}.intake",
+                           durable=True)  # fmt: skip
+            for body in ({"id": "dist-amqp", "text": POSTS[1][1], "image_b64": image},
+                         {"id": "dist-no-image", "text": "hello"}):  # fmt: skip
+                producer.publish(body, routing_key=intake.routing_key, declare=[intake])
+            producer.publish("{not json", routing_key=intake.routing_key, serializer=None,
+                             content_type="application/json", content_encoding="utf-8")  # fmt: skip
+            producer.publish("plain", routing_key=intake.routing_key, serializer=None,
+                             content_type="text/plain", content_encoding="utf-8")  # fmt: skip
+            with GatewayClient(url) as client:
+                job = client.wait(response.json()["job_id"], timeout=300)
+                assert job["status"] == "done", job
+                elapsed = time.monotonic() - submitted
+                deadline = time.monotonic() + 60
+                while True:
+                    try:
+                        amqp_job = client.get_post("dist-amqp")
+                        break
+                    except Exception:
+                        assert time.monotonic() < deadline, "the intake post never became a job"
+                        time.sleep(0.5)
+                assert client.wait(amqp_job["job_id"], timeout=300)["status"] == "done"
+            print(f"HTTP submission to done (distributed): {elapsed:.2f} s")
+            published = {}
+            deadline = time.monotonic() + 60
+            while len(published) < 2 and time.monotonic() < deadline:
+                message = results.bind(connection.default_channel).get(no_ack=True)
+                if message is None:
+                    time.sleep(0.2)
+                    continue
+                document = json.loads(message.body)
+                job_schema.validate(document)
+                published[document["id"]] = (message.delivery_info["routing_key"], document)
+            assert set(published) == {"dist-http", "dist-amqp"}, published
+            assert all(key == "job.done" for key, _ in published.values())
+            assert published["dist-http"][1]["result"]["entities"]
+            dead = Queue(f"{prefix}.intake.dead", Exchange(f"{prefix}.intake.dead", "direct",
+                         durable=True), routing_key="dead", durable=True)  # fmt: skip
+            reasons = []
+            deadline = time.monotonic() + 30
+            while len(reasons) < 3 and time.monotonic() < deadline:
+                message = dead.bind(connection.default_channel).get(no_ack=True)
+                if message is None:
+                    time.sleep(0.2)
+                    continue
+                reasons.append(message.headers["x-riveg-error"])
+            assert len(reasons) == 3, reasons
+            assert any("exactly one of image_b64" in r for r in reasons), reasons
+            assert sum("cannot decode" in r for r in reasons) == 2, reasons
+    finally:
+        process.terminate()
+        process.wait(timeout=60)

@@ -16,6 +16,7 @@ from riveg.core.cli import EXISTING_FILE, cli_settings, config_option
 from riveg.core.config import Settings
 from riveg.core.logging import get_logger
 from riveg.core.network import is_loopback_host
+from riveg.gateway.amqp import start_intake
 from riveg.gateway.app import create_app, load_api_keys, with_body_limit
 from riveg.gateway.client import GatewayClient, GatewayError
 from riveg.gateway.intake import Intake
@@ -46,10 +47,21 @@ def ready_checks(settings: Settings, runtime: Runtime) -> dict[str, Any]:
 @click.command()
 @click.option("--host", help="Address to bind (default RIVEG_GATEWAY_HOST, 127.0.0.1).")
 @click.option("--port", type=int, help="Port to bind (default RIVEG_GATEWAY_PORT, 8080).")
+@click.option(
+    "--intake/--no-intake",
+    "intake_queue",
+    default=True,
+    show_default=True,
+    help="With a broker: also take posts from the AMQP queue <queue_prefix>.intake.",
+)
 @broker_option
 @config_option
 def gateway(
-    host: str | None, port: int | None, broker_url: str | None, config_file: str | None
+    host: str | None,
+    port: int | None,
+    intake_queue: bool,
+    broker_url: str | None,
+    config_file: str | None,
 ) -> None:
     """The HTTP API: submit posts, get jobs and results (/v1; OpenAPI at /openapi.json)."""
     settings = cli_settings(
@@ -71,6 +83,10 @@ def gateway(
             mode=mode,
             api_keys=settings.gateway.api_keys_file is not None,
         )
+        consumer = None
+        if intake_queue and not settings.embedded:
+            consumer, _ = start_intake(settings, intake)
+            log.info("taking posts from the AMQP intake", queue=consumer.queue.name)
         try:
             uvicorn.run(
                 app,
@@ -81,6 +97,8 @@ def gateway(
                 timeout_graceful_shutdown=30,
             )
         finally:
+            if consumer is not None:
+                consumer.should_stop = True
             intake.close()
 
 
