@@ -1,8 +1,9 @@
 """deploy/: every overlay renders, validates against the Kubernetes and KEDA schemas, and keeps
 the deployment's invariants (hardening included: TLS between workers and stage servers, Secrets
-without fallbacks, NetworkPolicies, securityContext, limits sized for the input limits); the
-secrets script makes certificates the health check accepts; the Dockerfile lints and follows the
-image rules.
+without fallbacks, NetworkPolicies, securityContext, limits sized for the input limits; the HTTP
+gateway behind its API keys, reachable from the ingress controller only); the secrets script makes
+certificates the health check accepts and API keys the gateway accepts; the Dockerfile lints and
+follows the image rules.
 
 Tools come from .ci/deploy-tools.sh; a test whose tool is missing skips and says which.
 """
@@ -33,7 +34,7 @@ DOCKERFILE = DEPLOY / "docker" / "Dockerfile"
 LOCK = DEPLOY / "docker" / "requirements.lock"
 OVERLAYS = ("dev", "gpu")
 DEFAULT_PORTS = {name: stage.port for name, stage in STAGE_TABLE.items()}
-SCALED = (*STAGES, "pipeline")  # Deployments driven by an autoscaler, named riveg-<x>
+SCALED = (*STAGES, "pipeline", "gateway")  # Deployments driven by an autoscaler, riveg-<x>
 K8S_VERSIONS = ("1.29.0", "1.33.0")  # oldest with native sidecars on by default; a recent one
 # The Secrets deploy/secrets/create-secrets.sh creates; every reference to them is required.
 SECRETS = {
@@ -44,19 +45,23 @@ SECRETS = {
     "riveg-grpc-server",
     "riveg-grpc-client",
     "riveg-minio-tls",  # referenced by overlays/gpu only (S3 over HTTPS)
+    "riveg-gateway",  # the gateway's API keys file and the callbacks' HMAC key
 }
 TLS_SECRETS = {"riveg-grpc-server", "riveg-grpc-client", "riveg-minio-tls"}
 TLS_KEYS = {"tls.crt", "tls.key", "ca.crt"}  # of each TLS Secret (type kubernetes.io/tls + CA)
 OPTIONAL_SECRETS = {"riveg-llm"}  # referenced with optional: true (openai LLM backend only)
 WORKERS = {f"riveg-{s}" for s in STAGES} | {"riveg-pipeline"}  # the pods running RiVEG workers
+GATEWAY = "riveg-gateway"  # the HTTP API: Deployment, Service, PDB, NetworkPolicy, Ingress
+GATEWAY_SECRET_KEYS = {"api-keys", "RIVEG_GATEWAY_CALLBACK_SECRET"}
 DATA_SERVICES = ("rabbitmq", "minio", "redis")
 # Never in a rendered manifest: the app's and the images' default credentials, URLs with a password
 LITERAL_CREDENTIALS = re.compile(
     r"minioadmin|guest:guest|(amqps?|rediss?)://[^/\s\"@]*:[^/\s\"@]+@"
 )
-# Variable names that hold a credential: only ever from a Secret (the TLS key settings are paths)
+# Variable names that hold a credential: only ever from a Secret (the TLS key settings and the
+# *_FILE settings are paths)
 CREDENTIAL_NAME = re.compile(
-    r"PASS|SECRET|TOKEN|ACCESS_KEY|API_KEY|BROKER_URL|RESULT_BACKEND|ROOT_"
+    r"^(?!.*_FILE$).*(PASS|SECRET|TOKEN|ACCESS_KEY|API_KEY|BROKER_URL|RESULT_BACKEND|ROOT_)"
 )
 PROBE_TIMING = ["periodSeconds", "timeoutSeconds", "failureThreshold"]
 INSTALL_HINT = "run `bash .ci/deploy-tools.sh`"
@@ -300,8 +305,8 @@ def test_no_literal_credentials(objs: list[Obj]) -> None:
                 assert "secretRef" not in ref or ref["secretRef"]["name"] in OPTIONAL_SECRETS, (
                     f"{container['name']}: take Secret keys one by one (secretKeyRef)"
                 )
-            if container["image"].startswith("riveg/"):
-                env = _env(container)
+            if container["image"].startswith("riveg/") and "command" not in container:
+                env = _env(container)  # a RiVEG process (not a helper such as trust-bundle)
                 for key in ("RIVEG_S3_ACCESS_KEY", "RIVEG_S3_SECRET_KEY"):
                     assert env[key] == {"secretKeyRef": {"name": "riveg-store", "key": key}}
 
@@ -444,7 +449,8 @@ def test_images(objs: list[Obj], overlay: str) -> None:
             assert name and tag and tag != "latest", container["image"]
             if name.startswith("riveg/"):
                 assert name.removeprefix("riveg/") in targets, f"no Dockerfile target for {name}"
-                gpu_stage = overlay == "gpu" and workload["metadata"]["name"] != "riveg-pipeline"
+                component = workload["metadata"]["labels"]["app.kubernetes.io/component"]
+                gpu_stage = overlay == "gpu" and component == "stage"
                 assert tag.endswith("-cuda" if gpu_stage else "-cpu"), container["image"]
 
 
@@ -457,6 +463,7 @@ DATA_WRITABLE = {
     "redis": {"/data"},
 }
 UNITS = {"m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
+GATEWAY_IN_FLIGHT = 8  # requests at the body limit one gateway pod's memory limit holds at once
 
 
 def _quantity(value: str | int) -> float:
@@ -504,7 +511,9 @@ def test_security_context_everywhere(objs: list[Obj]) -> None:
 def test_memory_limits_cover_input_limits(objs: list[Obj]) -> None:
     """A stage server's memory limit holds its model (>= 1 GiB) plus RIVEG_GRPC_WORKERS calls at
     the configured input limits, each the image file, its decoded RGB and a float32 copy of it;
-    the pipeline worker's, 4 store steps each holding the file and twice the RGB (16-bit input)."""
+    the pipeline worker's, 4 store steps each holding the file and twice the RGB (16-bit input);
+    the gateway's, GATEWAY_IN_FLIGHT requests each holding its body twice (JSON text or chunked
+    replay), the image and twice its RGB."""
     config = _one(objs, "ConfigMap", _config_map_name(objs, "riveg-config"))["data"]
     image = int(config["RIVEG_LIMITS_MAX_IMAGE_BYTES"])
     rgb = 3 * int(config["RIVEG_LIMITS_MAX_IMAGE_PIXELS"])
@@ -518,6 +527,11 @@ def test_memory_limits_cover_input_limits(objs: list[Obj]) -> None:
     worker = _container(_pod_spec(_one(objs, "Deployment", "riveg-pipeline")), "worker")
     needed = 256 * 2**20 + 4 * (image + 2 * rgb)
     assert _quantity(worker["resources"]["limits"]["memory"]) >= needed
+    gateway = _container(_pod_spec(_one(objs, "Deployment", GATEWAY)), "gateway")
+    body = int(config["RIVEG_GATEWAY_MAX_BODY_BYTES"])
+    needed = 256 * 2**20 + GATEWAY_IN_FLIGHT * (2 * body + image + 2 * rgb)
+    limit = _quantity(gateway["resources"]["limits"]["memory"])
+    assert limit >= needed, f"gateway: {limit / 2**20:.0f} MiB < {needed / 2**20:.0f} MiB"
 
 
 def _selects(selector: Obj, labels: dict[str, str]) -> bool:
@@ -591,6 +605,10 @@ def _peers(
 MONITORING = "ns:monitoring/app.kubernetes.io/name=prometheus"
 KEDA = "ns:keda/app.kubernetes.io/name=keda-operator"
 DNS = "ns:kube-system/k8s-app=kube-dns"
+INGRESS_NGINX = "ns:ingress-nginx/app.kubernetes.io/name=ingress-nginx"
+PUBLIC = "cidr:0.0.0.0/0"  # with the private ranges excepted (test_public_egress_spares_...)
+PRIVATE_RANGES = {"10.0.0.0/8", "100.64.0.0/10", "169.254.0.0/16", "172.16.0.0/12", "192.168.0.0/16"}
+WEB_PORTS = (80, 443)
 
 
 def test_network_policies_deny_by_default(objs: list[Obj]) -> None:
@@ -609,29 +627,58 @@ def test_network_policies_deny_by_default(objs: list[Obj]) -> None:
 
 
 def test_network_policy_matrix(objs: list[Obj], overlay: str) -> None:
-    """Stage gRPC ports admit only their own stage's pods; RabbitMQ, Redis and MinIO only the
-    RiVEG workers (+ KEDA's operator for AMQP with components/keda, Prometheus for metrics); the
-    data services reach nothing; the workers reach only the data services."""
+    """Stage gRPC ports admit only their own stage's pods; the gateway's HTTP port only the ingress
+    controller; RabbitMQ, Redis and MinIO only the RiVEG workers and the gateway (+ KEDA's operator
+    for AMQP with components/keda, Prometheus for metrics); the data services reach nothing; the
+    stage pods reach only the data services; the gateway and the pipeline worker also the web
+    (public addresses, 80 and 443: image URLs, callbacks)."""
     for stage in STAGES:
         for other in STAGES:
             peers = _peers(objs, f"riveg-{stage}", "Ingress", DEFAULT_PORTS[other])
             assert peers == ({f"riveg-{stage}"} if other == stage else set()), (stage, other)
+    gateway_port = _gateway_port(objs)
+    assert _peers(objs, GATEWAY, "Ingress", gateway_port) == {INGRESS_NGINX}
+    for port in (80, 443, 9090, *DEFAULT_PORTS.values()):
+        assert _peers(objs, GATEWAY, "Ingress", port) == set(), port
+    for workload in WORKERS:
+        assert _peers(objs, workload, "Ingress", gateway_port) == set(), workload
+    clients = WORKERS | {GATEWAY}
     keda = {KEDA} if overlay == "gpu" else set()
-    assert _peers(objs, "rabbitmq", "Ingress", 5672) == WORKERS | keda
+    assert _peers(objs, "rabbitmq", "Ingress", 5672) == clients | keda
     assert _peers(objs, "rabbitmq", "Ingress", 15672) == set()  # management: port-forward only
     assert _peers(objs, "rabbitmq", "Ingress", 15692) == {MONITORING}
-    assert _peers(objs, "redis", "Ingress", 6379) == WORKERS
-    assert _peers(objs, "minio", "Ingress", 9000) == WORKERS | {MONITORING}
+    assert _peers(objs, "redis", "Ingress", 6379) == clients
+    assert _peers(objs, "minio", "Ingress", 9000) == clients | {MONITORING}
     assert _peers(objs, "minio", "Ingress", 9001) == set()  # console: port-forward only
     services = {"rabbitmq": 5672, "redis": 6379, "minio": 9000}
-    for workload in WORKERS:
+    web = {"riveg-pipeline", GATEWAY}
+    for workload in clients:
         for service, port in services.items():
             assert _peers(objs, workload, "Egress", port) == {service}, (workload, service)
-        for port in (443, *DEFAULT_PORTS.values()):
+        for port in WEB_PORTS:
+            expected = {PUBLIC} if workload in web else set()
+            assert _peers(objs, workload, "Egress", port) == expected, (workload, port)
+        for port in (22, 8080, 8443, *DEFAULT_PORTS.values()):
             assert _peers(objs, workload, "Egress", port) == set(), (workload, port)
     for service in DATA_SERVICES:
-        for port in (443, 5672, 6379, 9000, *DEFAULT_PORTS.values()):
+        for port in (*WEB_PORTS, 5672, 6379, 8080, 9000, *DEFAULT_PORTS.values()):
             assert _peers(objs, service, "Egress", port) == set(), (service, port)
+
+
+def test_public_egress_spares_private_ranges(objs: list[Obj]) -> None:
+    """Every policy opening the Internet (an ipBlock) excepts the private, shared and link-local
+    ranges: the cluster's insides and the cloud metadata endpoint stay closed."""
+    blocks = [
+        peer["ipBlock"]
+        for policy in _find(objs, "NetworkPolicy")
+        for rule in policy["spec"].get("egress", []) + policy["spec"].get("ingress", [])
+        for peer in rule.get("to", []) + rule.get("from", [])
+        if "ipBlock" in peer
+    ]
+    assert blocks, "the web egress of the gateway and the pipeline worker"
+    for block in blocks:
+        assert block["cidr"] == "0.0.0.0/0", block
+        assert PRIVATE_RANGES <= set(block.get("except", [])), block
 
 
 def test_network_policies_agree(objs: list[Obj]) -> None:
@@ -668,17 +715,26 @@ def test_llm_api_egress_component(tmp_path: Path) -> None:
 
 
 def test_autoscaling(objs: list[Obj], overlay: str) -> None:
-    """Each Deployment has exactly one autoscaler; KEDA scales on its own queue's length."""
+    """Each Deployment has exactly one autoscaler; KEDA scales a worker on its own queue's length
+    and the gateway on its request load (CPU, until it has a metrics endpoint); the gateway keeps
+    two replicas at least (its PDB lets one go)."""
     scaled = _find(objs, "ScaledObject")
     hpas = _find(objs, "HorizontalPodAutoscaler")
     targets = [o["spec"]["scaleTargetRef"]["name"] for o in scaled + hpas]
     assert sorted(targets) == sorted(f"riveg-{x}" for x in SCALED), "one autoscaler each"
+    assert sorted(targets) == sorted(o["metadata"]["name"] for o in _find(objs, "Deployment"))
     assert (scaled and not hpas) if overlay == "gpu" else (hpas and not scaled)
     for target in targets:
         _one(objs, "Deployment", target)
     for obj in scaled:
         name = obj["spec"]["scaleTargetRef"]["name"].removeprefix("riveg-")
         (trigger,) = obj["spec"]["triggers"]
+        assert 1 <= obj["spec"]["minReplicaCount"] <= obj["spec"]["maxReplicaCount"]
+        if name == "gateway":
+            assert (trigger["type"], trigger["metricType"]) == ("cpu", "Utilization")
+            assert 0 < int(trigger["metadata"]["value"]) < 100
+            assert "fallback" not in obj["spec"], "KEDA refuses a fallback on a CPU trigger"
+            continue
         assert trigger["type"] == "rabbitmq"
         assert trigger["metadata"]["queueName"] == f"riveg.{name}"
         assert trigger["metadata"]["mode"] == "QueueLength"
@@ -689,7 +745,14 @@ def test_autoscaling(objs: list[Obj], overlay: str) -> None:
             "riveg-broker",
             "RIVEG_BROKER_URL",
         )
-        assert 1 <= obj["spec"]["minReplicaCount"] <= obj["spec"]["maxReplicaCount"]
+    for hpa in hpas:
+        (metric,) = hpa["spec"]["metrics"]
+        assert metric["resource"]["name"] == "cpu"
+        assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+    gateway = _one(objs, "ScaledObject" if overlay == "gpu" else "HorizontalPodAutoscaler", GATEWAY)
+    assert gateway["spec"]["minReplicaCount" if overlay == "gpu" else "minReplicas"] >= 2
+    pdb = _one(objs, "PodDisruptionBudget", GATEWAY)
+    assert pdb["spec"]["maxUnavailable"] == 1
 
 
 def test_pipeline_worker(objs: list[Obj]) -> None:

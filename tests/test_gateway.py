@@ -177,6 +177,7 @@ def test_resubmission_returns_the_same_job_and_runs_once(gateway, client) -> Non
     one = _post(gateway, keyed, {"Idempotency-Key": "key-77"})
     two = _post(gateway, {**keyed, "id": "gw-idem-3"}, {"Idempotency-Key": "key-77"})
     assert one.json()["job_id"] == two.json()["job_id"] and two.status_code == 200
+    assert client.get_post("gw-idem-2")["job_id"] == one.json()["job_id"]
     for job_id in (first.json()["job_id"], one.json()["job_id"]):
         assert client.wait(job_id, timeout=120)["status"] == "done"
     # Processed once: one acceptance and one run of the first step for each job.
@@ -355,3 +356,28 @@ def test_openapi_property_run_finds_no_server_error(gateway) -> None:
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+
+
+def _riveg(gateway, *args: str, key: str = API_KEY) -> subprocess.CompletedProcess:
+    env = {"PATH": "/usr/bin:/bin", "RIVEG_GATEWAY_URL": gateway["url"],
+           "RIVEG_GATEWAY_API_KEY": key}  # fmt: skip
+    return subprocess.run([console_script("riveg"), *args], env=env, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+
+
+def test_submit_status_and_result_commands(gateway) -> None:
+    submitted = _riveg(gateway, "submit", "--text", SAMPLE_TEXT, "--image", str(SAMPLE_IMAGE),
+                       "--id", "gw-cli", "--wait", "--json")  # fmt: skip
+    assert submitted.returncode == 0, submitted.stderr[-2000:]
+    job = json.loads(submitted.stdout.strip().splitlines()[-1])
+    assert job["status"] == "done" and job["id"] == "gw-cli"
+    status = _riveg(gateway, "status", job["job_id"], "--json")
+    assert json.loads(status.stdout.strip().splitlines()[-1])["status"] == "done"
+    result = _riveg(gateway, "result", "--post", "gw-cli", "--json")
+    assert result.returncode == 0
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == job["result"]
+    refused = _riveg(gateway, "status", job["job_id"], key="wrong")
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip().splitlines()[-1].startswith("Error: HTTP 401")
+    missing = _riveg(gateway, "result", "no-such-job", "--no-wait")
+    assert missing.returncode == 1 and "HTTP 404" in missing.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -57,6 +58,11 @@ def test_status_updates_and_the_backlog(jobs: JobStore) -> None:
     assert jobs.get("job-a")["callback_url"] == "http://x/y"
     jobs.update("job-a", status="done", step=None, result_key="results/posts/a.json")
     assert jobs.backlog() == 1 and jobs.get("job-a")["result_key"] == "results/posts/a.json"
+    jobs.link("b-alias", "job-b")
+    jobs.link("b-alias", "job-a")  # taken: unchanged
+    assert jobs.find("b-alias")["job_id"] == "job-b"
+    jobs.link("b-alias", "job-a", replace=True)
+    assert jobs.find("b-alias")["job_id"] == "job-a"
     jobs.release("b", "job-b")
     assert jobs.find("b") is None and jobs.get("job-b") is None and jobs.backlog() == 0
     assert jobs.get("job-unknown") is None
@@ -81,3 +87,14 @@ def test_message_schema_files_are_current() -> None:
 def test_intake_messages_are_checked_against_the_schema(document: object, reason: str) -> None:
     found = schema_errors(document)
     assert (found is None) if reason is None else (reason in (found or "")), found
+
+
+def test_memory_records_of_ended_jobs_expire() -> None:
+    jobs = MemoryJobStore(ttl_s=0.05)
+    jobs.claim("old", new_record("job-old", "old"))
+    jobs.update("job-old", status="done")
+    jobs.claim("running", new_record("job-running", "running"))
+    time.sleep(0.1)
+    jobs.claim("new", new_record("job-new", "new"))  # a claim forgets what expired
+    assert jobs.get("job-old") is None and jobs.find("old") is None
+    assert jobs.get("job-running") is not None  # not ended: kept

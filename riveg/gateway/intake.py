@@ -96,7 +96,7 @@ class Intake:
     ) -> Accepted:
         """Take a post: the existing job when its id (or key) was taken before; otherwise
         validate, store the image, record and submit the job. :class:`Refused` when not."""
-        key = idempotency_key or post.id
+        key = f"idempotency:{idempotency_key}" if idempotency_key else post.id
         existing = self.runtime.jobs.find(key)
         if existing is not None:
             return Accepted(existing, False)
@@ -114,6 +114,8 @@ class Intake:
         )
         if not created:
             return Accepted(record, False)
+        if idempotency_key:
+            self.runtime.jobs.link(post.id, job_id)  # GET /v1/posts/{id} finds it too
         try:
             self._submit(post, job_id, image_key)
         except Exception:

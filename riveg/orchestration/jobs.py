@@ -15,7 +15,9 @@ from __future__ import annotations
 import datetime
 import json
 import threading
+import time
 from abc import ABC, abstractmethod
+from collections import deque
 from typing import Any
 from urllib.parse import quote
 
@@ -77,6 +79,11 @@ class JobStore(ABC):
         """Change fields of a job's record (created if missing); a final status ends it."""
 
     @abstractmethod
+    def link(self, key: str, job_id: str, replace: bool = False) -> None:
+        """Make ``key`` (a post id) find ``job_id`` too: only if it finds nothing yet, unless
+        ``replace``."""
+
+    @abstractmethod
     def release(self, key: str, job_id: str) -> None:
         """Forget the claim of ``key`` by ``job_id`` (its submission failed before it ran)."""
 
@@ -86,15 +93,25 @@ class JobStore(ABC):
 
 
 class MemoryJobStore(JobStore):
-    """Records in this process (embedded mode)."""
+    """Records in this process (embedded mode); ended jobs are forgotten after ``ttl_s``."""
 
-    def __init__(self) -> None:
+    def __init__(self, ttl_s: float = 7 * 86400) -> None:
+        self.ttl_s = ttl_s
         self._jobs: dict[str, Record] = {}
         self._keys: dict[str, str] = {}
+        self._ended: deque[tuple[float, str]] = deque()
         self._lock = threading.Lock()
+
+    def _forget_expired(self) -> None:
+        while self._ended and self._ended[0][0] < time.monotonic() - self.ttl_s:
+            _, job_id = self._ended.popleft()
+            self._jobs.pop(job_id, None)
+            for key in [k for k, v in self._keys.items() if v == job_id]:
+                del self._keys[key]
 
     def claim(self, key: str, record: Record) -> tuple[Record, bool]:
         with self._lock:
+            self._forget_expired()
             existing = self._keys.get(key)
             if existing is not None and existing in self._jobs:
                 return dict(self._jobs[existing]), False
@@ -115,6 +132,13 @@ class MemoryJobStore(JobStore):
     def update(self, job_id: str, /, **fields: Any) -> None:
         with self._lock:
             self._jobs.setdefault(job_id, {"job_id": job_id}).update(fields)
+            if fields.get("status") in FINAL:
+                self._ended.append((time.monotonic(), job_id))
+
+    def link(self, key: str, job_id: str, replace: bool = False) -> None:
+        with self._lock:
+            if replace or key not in self._keys:
+                self._keys[key] = job_id
 
     def release(self, key: str, job_id: str) -> None:
         with self._lock:
@@ -184,6 +208,9 @@ class RedisJobStore(JobStore):
                 pipe.sadd(self._active, job_id)
             pipe.execute()
 
+    def link(self, key: str, job_id: str, replace: bool = False) -> None:
+        self.redis.set(self._key(key), job_id, nx=not replace, ex=self.ttl_s)
+
     def release(self, key: str, job_id: str) -> None:
         current = self.redis.get(self._key(key))
         with self.redis.pipeline() as pipe:
@@ -205,7 +232,7 @@ def open_jobs(settings: Settings) -> JobStore:
     """Memory in embedded mode; else Redis at the result backend's URL (records prefixed by the
     queue prefix, so that two deployments on one Redis stay apart)."""
     if settings.embedded:
-        return MemoryJobStore()
+        return MemoryJobStore(settings.gateway.jobs_ttl_s)
     url = settings.broker.result_backend.get_secret_value()
     if not url.startswith(("redis://", "rediss://", "unix://")):
         raise ValueError(f"job records need a Redis result backend, not {url.split(':', 1)[0]}")

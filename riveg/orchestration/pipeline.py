@@ -72,6 +72,7 @@ def submit_post(
     if job_id is None:
         job_id = uuid.uuid4().hex
         runtime.jobs.update(job_id, **new_record(job_id, post_id or job_id, image_key=image_key))
+        runtime.jobs.link(post_id or job_id, job_id, replace=True)  # the post's latest job
     else:
         runtime.jobs.update(job_id, image_key=image_key)
     record = runtime.jobs.get(job_id) or {}
