@@ -607,7 +607,13 @@ KEDA = "ns:keda/app.kubernetes.io/name=keda-operator"
 DNS = "ns:kube-system/k8s-app=kube-dns"
 INGRESS_NGINX = "ns:ingress-nginx/app.kubernetes.io/name=ingress-nginx"
 PUBLIC = "cidr:0.0.0.0/0"  # with the private ranges excepted (test_public_egress_spares_...)
-PRIVATE_RANGES = {"10.0.0.0/8", "100.64.0.0/10", "169.254.0.0/16", "172.16.0.0/12", "192.168.0.0/16"}
+PRIVATE_RANGES = {
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+}
 WEB_PORTS = (80, 443)
 
 
@@ -678,7 +684,7 @@ def test_public_egress_spares_private_ranges(objs: list[Obj]) -> None:
     assert blocks, "the web egress of the gateway and the pipeline worker"
     for block in blocks:
         assert block["cidr"] == "0.0.0.0/0", block
-        assert PRIVATE_RANGES <= set(block.get("except", [])), block
+        assert set(block.get("except", [])) >= PRIVATE_RANGES, block
 
 
 def test_network_policies_agree(objs: list[Obj]) -> None:
@@ -764,6 +770,115 @@ def test_pipeline_worker(objs: list[Obj]) -> None:
     _one(objs, "PodDisruptionBudget", "riveg-pipeline")
 
 
+# --- the gateway -----------------------------------------------------------------------------
+
+
+def _gateway_port(objs: list[Obj]) -> int:
+    """The gateway container's HTTP port (named ``http``)."""
+    gateway = _container(_pod_spec(_one(objs, "Deployment", GATEWAY)), "gateway")
+    (port,) = gateway["ports"]
+    assert port["name"] == "http", port
+    return int(port["containerPort"])
+
+
+def test_gateway_pod(objs: list[Obj]) -> None:
+    """`riveg gateway` on every address of its pod, at the configured port, with its API keys file
+    from the required Secret riveg-gateway (so it does not fall back to loopback), the callbacks'
+    key from the same Secret, the broker, Redis and store credentials from theirs, and nothing of
+    the stage servers' (it calls none); HTTP probes on /healthz (startup, liveness) and /readyz
+    (readiness); a writable /tmp for spooled uploads; replicas left to the autoscaler."""
+    deployment = _one(objs, "Deployment", GATEWAY)
+    assert "replicas" not in deployment["spec"], "the autoscaler owns the replica count"
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    pod = _pod_spec(deployment)
+    gateway = _container(pod, "gateway")
+    assert gateway in pod["containers"] and len(pod["containers"]) == 1
+    assert gateway["args"] == ["gateway"]
+    assert gateway["image"].split(":")[0] == "riveg/gateway"
+    config = {**_config_maps(objs, gateway), **_env(gateway)}
+    assert config["RIVEG_GATEWAY_HOST"] == "0.0.0.0", "reachable through the Service"
+    assert int(config["RIVEG_GATEWAY_PORT"]) == _gateway_port(objs) == 8080
+    assert _secret_files(pod, gateway)[config["RIVEG_GATEWAY_API_KEYS_FILE"]] == (
+        "riveg-gateway",
+        "api-keys",
+    )
+
+    def from_secret(name: str, key: str) -> dict[str, Any]:
+        return {"secretKeyRef": {"name": name, "key": key}}
+
+    env = _env(gateway)
+    assert env["RIVEG_GATEWAY_CALLBACK_SECRET"] == from_secret(
+        "riveg-gateway", "RIVEG_GATEWAY_CALLBACK_SECRET"
+    )
+    assert env["RIVEG_BROKER_URL"] == from_secret("riveg-broker", "RIVEG_BROKER_URL")
+    assert env["RIVEG_BROKER_RESULT_BACKEND"] == from_secret(
+        "riveg-redis", "RIVEG_BROKER_RESULT_BACKEND"
+    )
+    assert not {"riveg-admin", "riveg-grpc-server", "riveg-grpc-client"} & {
+        name for name, _, _ in _secret_refs([deployment])
+    }, "the gateway calls no stage server"
+    assert not [k for k in _env(gateway) if k.startswith("RIVEG_GRPC_")]
+    paths = {"startupProbe": "/healthz", "readinessProbe": "/readyz", "livenessProbe": "/healthz"}
+    for probe, path in paths.items():
+        assert set(gateway[probe]) == {"httpGet", *PROBE_TIMING}, probe
+        assert gateway[probe]["httpGet"] == {"path": path, "port": "http"}, probe
+    _assert_writable_dirs(gateway)
+    assert deployment["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"] == (
+        "gateway"
+    )
+
+
+def test_gateway_service_and_pdb(objs: list[Obj]) -> None:
+    labels = _one(objs, "Deployment", GATEWAY)["spec"]["template"]["metadata"]["labels"]
+    service = _one(objs, "Service", GATEWAY)
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert service["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http"}]
+    pdb = _one(objs, "PodDisruptionBudget", GATEWAY)
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert not _find(objs, "Ingress"), "the Ingress is an example component, not in an overlay"
+
+
+NGINX_SIZES = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30}  # nginx's size units
+
+
+def test_gateway_ingress_component(tmp_path: Path) -> None:
+    """components/gateway-ingress (the example) renders into an overlay: a valid Ingress to the
+    gateway's Service port, the API only (not the health routes), TLS, and a body limit equal to
+    RIVEG_GATEWAY_MAX_BODY_BYTES."""
+    copied = tmp_path / "deploy"
+    shutil.copytree(DEPLOY, copied)
+    kustomization = copied / "overlays" / "gpu" / "kustomization.yaml"
+    text = kustomization.read_text()
+    keda = "  - ../../components/keda\n"
+    assert keda in text
+    kustomization.write_text(text.replace(keda, keda + "  - ../../components/gateway-ingress\n"))
+    objs = _render(kustomization.parent)
+    ingress = _one(objs, "Ingress", GATEWAY)
+    assert ingress["metadata"]["namespace"] == "riveg"
+    kv = pytest.importorskip("kubernetes_validate", reason=INSTALL_HINT)
+    for version in K8S_VERSIONS:
+        kv.validate(ingress, version, strict=True)
+    spec = ingress["spec"]
+    assert spec["ingressClassName"] == "nginx"
+    (tls,) = spec["tls"]
+    service = _one(objs, "Service", GATEWAY)
+    port_names = {p["name"] for p in service["spec"]["ports"]}
+    paths = []
+    for rule in spec["rules"]:
+        assert rule["host"] in tls["hosts"], "served over TLS"
+        for path in rule["http"]["paths"]:
+            backend = path["backend"]["service"]
+            assert backend["name"] == GATEWAY and backend["port"]["name"] in port_names
+            paths.append(path["path"])
+    assert "/v1" in paths and not {"/", "/healthz", "/readyz"} & set(paths), paths
+    config = _one(objs, "ConfigMap", _config_map_name(objs, "riveg-config"))["data"]
+    size = ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-body-size"]
+    match = re.fullmatch(r"(\d+)([kmg]?)", size.lower())
+    assert match, size
+    body = int(match.group(1)) * NGINX_SIZES[match.group(2)]
+    assert body == int(config["RIVEG_GATEWAY_MAX_BODY_BYTES"]), "nginx and the gateway disagree"
+
+
 # --- data services and configuration ---------------------------------------------------------
 
 
@@ -800,9 +915,11 @@ def test_data_services(objs: list[Obj]) -> None:
         assert _env(worker)["RIVEG_BROKER_RESULT_BACKEND"] == backend, name
 
 
-def test_s3_over_https_in_production(objs: list[Obj], overlay: str) -> None:
+def test_s3_over_https_in_production(objs: list[Obj], overlay: str, tmp_path: Path) -> None:
     """gpu: MinIO serves riveg-minio-tls' certificate, its probes use HTTPS, and every RiVEG
-    process uses HTTPS and trusts that Secret's CA (never its key). dev: plain HTTP."""
+    process uses HTTPS and trusts that Secret's CA (never its key); those that also reach the web
+    (the gateway, the pipeline worker) trust a bundle of the public roots and that CA. dev: plain
+    HTTP."""
     config = _one(objs, "ConfigMap", _config_map_name(objs, "riveg-config"))["data"]
     if overlay != "gpu":
         assert config["RIVEG_S3_SECURE"] == "false"
@@ -817,12 +934,66 @@ def test_s3_over_https_in_production(objs: list[Obj], overlay: str) -> None:
     }.items() <= _secret_files(minio_pod, minio).items()
     for probe in ("readinessProbe", "livenessProbe"):
         assert minio[probe]["httpGet"]["scheme"] == "HTTPS", probe
-    for name in WORKERS:
+    web = {w for w in _pod_labels(objs) if PUBLIC in _peers(objs, w, "Egress", 443)}
+    assert web == {"riveg-pipeline", GATEWAY}
+    for name in WORKERS | {GATEWAY}:
         pod = _pod_spec(_one(objs, "Deployment", name))
         for container in _containers(pod):
             files = _secret_files(pod, container)
-            assert files[config["SSL_CERT_FILE"]] == ("riveg-minio-tls", "ca.crt"), name
             assert ("riveg-minio-tls", "tls.key") not in files.values()
+            if "command" in container:
+                continue  # a helper (trust-bundle): run below
+            ca_file = _env(container).get("SSL_CERT_FILE", config["SSL_CERT_FILE"])
+            if name in web:
+                _assert_trust_bundle(pod, ca_file, tmp_path / name)
+            else:
+                assert files[ca_file] == ("riveg-minio-tls", "ca.crt"), name
+
+
+def _assert_trust_bundle(pod: Obj, ca_file: str, tmp: Path) -> None:
+    """``ca_file`` lies on an emptyDir that one init container fills: run its command, with its
+    mounts moved under ``tmp`` and a stand-in for riveg-minio-tls' CA, and check the bundle holds
+    the public roots (certifi's, as in the image) and that CA."""
+    certifi = pytest.importorskip("certifi")
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    (volume,) = [
+        m["name"]
+        for c in pod["containers"]
+        for m in c["volumeMounts"]
+        if ca_file.startswith(m["mountPath"].rstrip("/") + "/")
+    ]
+    assert "emptyDir" in volumes[volume], ca_file
+    (writer,) = [
+        c
+        for c in pod.get("initContainers", [])
+        if any(m["name"] == volume and not m.get("readOnly") for m in c["volumeMounts"])
+    ]
+    assert writer.get("restartPolicy") is None, "runs to completion before the containers"
+    ca_pem = (
+        "-----BEGIN CERTIFICATE-----\nstand-in for riveg-minio-tls\n-----END CERTIFICATE-----\n"
+    )
+    moved = {}
+    for mount in writer["volumeMounts"]:
+        folder = tmp / mount["name"]
+        folder.mkdir(parents=True)
+        secret = volumes[mount["name"]].get("secret")
+        if secret is not None:
+            assert mount.get("readOnly") is True
+            assert secret["secretName"] == "riveg-minio-tls"
+            assert [i["key"] for i in secret["items"]] == ["ca.crt"]
+            (folder / secret["items"][0]["path"]).write_text(ca_pem)
+        moved[mount["mountPath"].rstrip("/")] = str(folder)
+    shell, flag, script = writer["command"]
+    assert (shell, flag) == ("sh", "-c")
+    target = ca_file
+    for mount_path in sorted(moved, key=len, reverse=True):
+        script = script.replace(mount_path + "/", moved[mount_path] + "/")
+        target = target.replace(mount_path + "/", moved[mount_path] + "/")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    proc = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    bundle = Path(target).read_text()
+    assert bundle == Path(certifi.where()).read_text() + ca_pem
 
 
 def _config_map_name(objs: list[Obj], prefix: str) -> str:
@@ -839,7 +1010,7 @@ def test_secret_examples_hold_no_credentials() -> None:
         for line in path.read_text().splitlines():
             if line and not line.startswith("#"):
                 key, _, value = line.partition("=")
-                if re.search("PASS|SECRET|URL|TOKEN|BACKEND", key):
+                if re.search("PASS|SECRET|URL|TOKEN|BACKEND|API_KEY", key):
                     assert "<" in value, f"{path.name}: {key} must be a placeholder"
     for path in ("deploy/secrets/riveg-broker.env", "deploy/secrets/tls/ca.crt"):
         ignored = subprocess.run(["git", "check-ignore", "-q", path], cwd=ROOT)
@@ -896,6 +1067,7 @@ def generated_secrets(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("secrets")
     proc = _create_secrets(tmp)
     assert proc.returncode == 0, proc.stderr
+    (tmp / "stdout").write_text(proc.stdout)
     return tmp / "out"
 
 
@@ -915,6 +1087,7 @@ def test_create_secrets_script(generated_secrets: Path) -> None:
         if name in TLS_SECRETS:
             assert (out / name / ".type").read_text().strip() == "kubernetes.io/tls"
             assert {p.name for p in (out / name).iterdir()} == {".type", *TLS_KEYS}
+    assert {p.name for p in (out / "riveg-gateway").iterdir()} == GATEWAY_SECRET_KEYS
     hex48 = "[0-9a-f]{48}"
     broker = _env_file(out / "riveg-broker" / ".env")
     assert re.fullmatch(hex48, broker["RABBITMQ_DEFAULT_PASS"])
@@ -930,6 +1103,63 @@ def test_create_secrets_script(generated_secrets: Path) -> None:
     assert re.fullmatch(hex48, _env_file(out / "riveg-admin" / ".env")["RIVEG_GRPC_ADMIN_TOKEN"])
     assert len({broker["RABBITMQ_DEFAULT_PASS"], redis["REDIS_PASSWORD"]}) == 2
     assert "riveg-llm" not in (out / "calls").read_text()
+
+
+def _api_key_digests(path: Path) -> set[str]:
+    """The digests of the gateway's API keys file, read as the gateway reads it."""
+    from riveg.gateway.app import load_api_keys
+
+    lines = path.read_text().splitlines()
+    assert lines and all(re.fullmatch(r"sha256:[0-9a-f]{64}", line) for line in lines), lines
+    return set(load_api_keys(path))
+
+
+def _sha256(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def test_create_secrets_gateway(generated_secrets: Path) -> None:
+    """Without riveg-gateway.env: one random API key, printed once for the operator and stored
+    only as its SHA-256 in the gateway's file format; a random callback secret."""
+    folder = generated_secrets / "riveg-gateway"
+    stdout = (generated_secrets.parent / "stdout").read_text()
+    (key,) = re.findall(r"^RIVEG_GATEWAY_API_KEY=(\S+)$", stdout, re.M)
+    assert re.fullmatch("[0-9a-f]{48}", key)
+    assert _api_key_digests(folder / "api-keys") == {_sha256(key)}
+    assert not any(key in p.read_text() for p in generated_secrets.rglob("*") if p.is_file())
+    callback = (folder / "RIVEG_GATEWAY_CALLBACK_SECRET").read_text()
+    assert re.fullmatch("[0-9a-f]{48}", callback)
+
+
+def test_create_secrets_gateway_from_env_file(tmp_path: Path) -> None:
+    """riveg-gateway.env: plain keys are hashed, sha256:<hex> digests taken as they are, the
+    callback secret kept; no key is printed. A malformed digest or a placeholder left in the file
+    stops the script before any Secret is created."""
+    digest = _sha256("key-issued-elsewhere")
+    secrets = tmp_path / "ok" / "secrets"
+    secrets.mkdir(parents=True)
+    (secrets / "riveg-gateway.env").write_text(
+        "# comment\n"
+        f"RIVEG_GATEWAY_API_KEYS=first-key, second-key,sha256:{digest}\n"
+        "RIVEG_GATEWAY_CALLBACK_SECRET=callback-secret-1\n"
+    )
+    proc = _create_secrets(tmp_path / "ok")
+    assert proc.returncode == 0, proc.stderr
+    assert "RIVEG_GATEWAY_API_KEY=" not in proc.stdout
+    folder = tmp_path / "ok" / "out" / "riveg-gateway"
+    expected = {_sha256("first-key"), _sha256("second-key"), digest}
+    assert _api_key_digests(folder / "api-keys") == expected
+    assert "first-key" not in (folder / "api-keys").read_text()
+    assert (folder / "RIVEG_GATEWAY_CALLBACK_SECRET").read_text() == "callback-secret-1"
+    for case, keys in {"digest": "sha256:ABC", "placeholder": "<key>"}.items():
+        secrets = tmp_path / case / "secrets"
+        secrets.mkdir(parents=True)
+        (secrets / "riveg-gateway.env").write_text(f"RIVEG_GATEWAY_API_KEYS={keys}\n")
+        proc = _create_secrets(tmp_path / case)
+        assert proc.returncode != 0 and "riveg-gateway.env" in proc.stderr, case
+        assert " create secret" not in (tmp_path / case / "out" / "calls").read_text(), case
 
 
 def test_create_secrets_certificates(generated_secrets: Path) -> None:
@@ -981,6 +1211,7 @@ def test_create_secrets_keeps_existing(tmp_path: Path) -> None:
     proc = _create_secrets(tmp_path / "all", existing=" ".join(SECRETS))
     assert proc.returncode == 0, proc.stderr
     assert " create " not in (tmp_path / "all" / "out" / "calls").read_text()
+    assert "RIVEG_GATEWAY_API_KEY=" not in proc.stdout, "a kept key is not printed"
     proc = _create_secrets(tmp_path / "some", existing="riveg-grpc-server")
     assert proc.returncode != 0 and "one CA" in proc.stderr
     assert " create " not in (tmp_path / "some" / "out" / "calls").read_text()
@@ -1038,6 +1269,43 @@ def test_healthcheck_speaks_tls(generated_secrets: Path, monkeypatch: pytest.Mon
         assert probe("grpc", "a", "b") == 2
     finally:
         server.stop(0)
+
+
+def test_healthcheck_http() -> None:
+    """The gateway image's Docker health check (riveg-healthcheck http [PATH]): 200 passes, any
+    other status or no server fails; it asks loopback when the gateway binds every address."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response({"/healthz": 200, "/readyz": 503}.get(self.path, 404))
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+
+    def probe(*args: str, port: int = server.server_address[1]) -> int:
+        env = {**os.environ, "RIVEG_GATEWAY_HOST": "0.0.0.0", "RIVEG_GATEWAY_PORT": str(port)}
+        script = DEPLOY / "docker" / "healthcheck.py"
+        proc = subprocess.run(
+            [sys.executable, str(script), *args], env=env, capture_output=True, timeout=30
+        )
+        return proc.returncode
+
+    try:
+        assert probe("http") == 0
+        assert probe("http", "/healthz") == 0
+        assert probe("http", "/readyz") == 1
+        assert probe("http", "a", "b") == 2
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert probe("http", port=server.server_address[1]) == 1  # nothing listening
 
 
 # --- model versions: one place, one-line upgrade ---------------------------------------------
@@ -1131,17 +1399,23 @@ def test_hadolint() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-@pytest.mark.parametrize("target", [*STAGES, "worker"])
+@pytest.mark.parametrize("target", [*STAGES, "worker", "gateway"])
 def test_dockerfile_target(target: str) -> None:
     stages, _ = _dockerfile_stages()
     assert target in stages, f"no target {target}"
     instructions = [i for s in _lineage(target) for i in stages[s]]
     users = [args for name, args in instructions if name == "USER"]
     assert users and all(not re.match(r"(root|0)(:|$)", u) for u in users), "must not run as root"
-    assert any(name == "HEALTHCHECK" for name, _ in stages[target]), "needs a HEALTHCHECK"
+    health = [args for name, args in stages[target] if name == "HEALTHCHECK"]
+    assert health, "needs a HEALTHCHECK"
     cmd = json.loads(dict(stages[target])["CMD"])
-    assert cmd == (["worker", "pipeline"] if target == "worker" else ["serve", target])
-    if target != "worker":
+    expected = {"worker": ["worker", "pipeline"], "gateway": ["gateway"]}
+    assert cmd == expected.get(target, ["serve", target])
+    if target == "gateway":
+        config = _env_file(DEPLOY / "base" / "config.env")
+        assert dict(stages[target])["EXPOSE"] == config["RIVEG_GATEWAY_PORT"]
+        assert '"riveg-healthcheck", "http", "/healthz"' in health[0]
+    elif target != "worker":
         assert dict(stages[target])["EXPOSE"] == str(DEFAULT_PORTS[target])
 
 

@@ -10,19 +10,23 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from jsonschema import Draft202012Validator
 from kombu import Connection, Exchange, Queue
+from prometheus_client.parser import text_string_to_metric_families
 
-from riveg.core.stages import STAGES
+from riveg.core.stages import QUEUES, STAGES
 from riveg.gateway.amqp import SCHEMAS
 from riveg.gateway.client import GatewayClient
+from riveg.orchestration.celery_app import STEP_QUEUES
 from riveg.orchestration.launcher import port_open
 from riveg.orchestration.pipeline import submit_post
 from tests.conftest import SAMPLE_IMAGE
+from tests.support.otlp import OtlpReceiver
 from tests.support.processes import (
     delete_job_records,
     delete_queues,
@@ -51,8 +55,16 @@ def _strip(result: dict) -> dict:
 
 
 @pytest.fixture(scope="module")
-def distributed(tmp_path_factory: pytest.TempPathFactory):
-    """`riveg up` with its own queues, ports and bucket; yields the environment to reach it."""
+def otlp() -> Iterator[OtlpReceiver]:
+    """Where every process of this module's deployment exports its spans."""
+    with OtlpReceiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="module")
+def distributed(tmp_path_factory: pytest.TempPathFactory, otlp: OtlpReceiver):
+    """`riveg up` with its own queues, ports and bucket, tracing to `otlp`; yields the
+    environment to reach it."""
     if not (port_open("127.0.0.1", 5672) and port_open("127.0.0.1", 6379)):
         pytest.skip(
             "RabbitMQ (127.0.0.1:5672) and Redis (127.0.0.1:6379) must run: .ci/run starts them"
@@ -65,6 +77,7 @@ def distributed(tmp_path_factory: pytest.TempPathFactory):
         "RIVEG_BROKER_QUEUE_PREFIX": prefix,
         "RIVEG_STORE_KIND": "s3", "RIVEG_S3_ENDPOINT": f"127.0.0.1:{free_port()}",
         "RIVEG_S3_BUCKET": "riveg-it", "RIVEG_LOG_FORMAT": "json",
+        "RIVEG_TRACING_EXPORTER": "otlp", "RIVEG_TRACING_ENDPOINT": otlp.endpoint,
         **{f"RIVEG_{s.upper()}_ADDR": f"127.0.0.1:{free_port()}"
            for s in STAGES},
     })  # fmt: skip
@@ -213,3 +226,95 @@ def test_gateway_amqp_intake_and_results_exchange(distributed, tmp_path: Path) -
     finally:
         process.terminate()
         process.wait(timeout=60)
+
+
+def _scrape(url: str) -> dict[tuple[str, frozenset], float]:
+    """Samples of a /metrics page: (name, labels) -> value."""
+    text = httpx.get(url, timeout=10).text
+    families = text_string_to_metric_families(text)
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in families
+        for sample in family.samples
+    }
+
+
+def _delta(before: dict, after: dict, name: str, **labels: str) -> float:
+    key = (name, frozenset(labels.items()))
+    return after.get(key, 0.0) - before.get(key, 0.0)
+
+
+STAGE_RPCS = {"llm": "Expand", "mner": "Recognize", "ve": "Entail", "vg": "Ground",
+              "seg": "Segment"}  # fmt: skip
+
+
+def test_one_post_moves_every_metric_by_exactly_its_share(distributed, otlp) -> None:
+    """Scrape every server and worker `riveg up` started, run one post with a person (so that
+    every stage is called once), scrape again: each counter moved by exactly one. The same post
+    is one trace across the processes: the submitting command, every task, every stage call."""
+    urls = distributed["ready"]["metrics"]
+    assert set(urls) == {f"serve-{s}" for s in STAGES} | {f"worker-{q}" for q in QUEUES}
+    before = {name: _scrape(url) for name, url in urls.items()}
+    riveg = str(Path(sys.executable).parent / "riveg")
+    done = subprocess.run(
+        [riveg, "analyze", "--text", POSTS[0][1], "--image", str(SAMPLE_IMAGE), "--id",
+         "metrics-1", "--broker", BROKER, "--json", "--timeout", "300"],
+        env=distributed["env"], capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert any(e["mask"] for e in result["entities"])  # every stage was called
+    after = {name: _scrape(url) for name, url in urls.items()}
+    for stage, method in STAGE_RPCS.items():
+        name = f"serve-{stage}"
+        moved = _delta(before[name], after[name], "riveg_stage_requests_total", stage=stage,
+                       method=method, code="OK")  # fmt: skip
+        assert moved == 1, (stage, moved)
+        assert _delta(before[name], after[name], "riveg_stage_request_duration_seconds_count",
+                      stage=stage, method=method) == 1  # fmt: skip
+        assert after[name][("riveg_stage_in_flight_requests", frozenset({("stage", stage)}))] == 0
+        models = [k for k in after[name] if k[0] == "riveg_stage_model_info"]
+        assert len(models) == 1 and dict(models[0][1])["model"] == result["models"][stage]
+    for step, queue in STEP_QUEUES.items():
+        if step == "knowledge":
+            continue
+        name = f"worker-{queue}"
+        assert _delta(before[name], after[name], "riveg_tasks_total", task=step,
+                      outcome="success") == 1, step  # fmt: skip
+        assert _delta(before[name], after[name], "riveg_task_duration_seconds_count",
+                      task=step) == 1, step  # fmt: skip
+    pipeline = "worker-pipeline"
+    assert _delta(before[pipeline], after[pipeline], "riveg_posts_finished_total",
+                  outcome="done") == 1  # fmt: skip
+    assert _delta(before[pipeline], after[pipeline], "riveg_post_duration_seconds_count",
+                  outcome="done") == 1  # fmt: skip
+
+    # The trace: spans arrive in batches (every 5 s), from every process.
+    deadline = time.monotonic() + 30
+    spans: list = []
+    while time.monotonic() < deadline:
+        roots = [s for s in otlp.spans if s.name == "riveg.submit"
+                 and s.attributes.get("riveg.post_id") == "metrics-1"]  # fmt: skip
+        if roots:
+            spans = otlp.trace(roots[0].trace_id)
+            runs = [s for s in spans if s.name.startswith("run/")]
+            if len(runs) == len(STEP_QUEUES) - 1 and {s.service for s in spans} >= {
+                f"riveg-serve-{stage}" for stage in STAGE_RPCS
+            }:
+                break
+        time.sleep(0.5)
+    assert spans, "no trace of the post arrived"
+    ids = {s.span_id for s in spans}
+    (root,) = [s for s in spans if not s.parent_id]
+    assert root.name == "riveg.submit" and root.service == "riveg-analyze"
+    assert all(s.parent_id in ids for s in spans if s is not root), "a parent link is broken"
+    runs = [s for s in spans if s.name.startswith("run/")]
+    assert [s.name for s in runs] == [f"run/riveg.{step}" for step in STEP_QUEUES
+                                      if step != "knowledge"]  # fmt: skip
+    assert all(s.attributes.get("riveg.job_id") == result["job_id"] for s in runs)
+    for stage, method in STAGE_RPCS.items():  # each stage call: a server span in its process
+        calls = [
+            s for s in spans if s.service == f"riveg-serve-{stage}" and s.name.endswith(method)
+        ]
+        assert len(calls) == 1, (stage, [s.name for s in spans if s.service.endswith(stage)])
+        assert calls[0].attributes.get("riveg.job_id") == result["job_id"]

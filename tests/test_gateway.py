@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import ClassVar
 
 import httpx
@@ -347,13 +348,13 @@ def test_signed_callback_reaches_the_receiver(gateway, receiver, client) -> None
     print(f"submission to callback: {arrived - submitted:.2f} s")
 
 
-def test_openapi_property_run_finds_no_server_error(gateway) -> None:
+def test_openapi_property_run_finds_no_server_error(gateway, tmp_path: Path) -> None:
     """schemathesis generates requests from /openapi.json; none may get a 5xx."""
     done = subprocess.run(
         [console_script("st"), "run", f"{gateway['url']}/openapi.json",
          "--checks", "not_a_server_error", "--max-examples", "25", "--seed", "1",
          "-H", f"Authorization: Bearer {API_KEY}", "--phases", "examples,coverage,fuzzing"],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,  # its .schemathesis/ there
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
 

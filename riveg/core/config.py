@@ -234,6 +234,30 @@ class GatewaySettings(Section):
         return tuple(h.strip().lower() for h in self.url_hosts.split(",") if h.strip())
 
 
+class MetricsSettings(Section):
+    """Prometheus metrics of each process, served as text at ``/metrics``."""
+
+    port: int | None = Field(
+        None,
+        description="port of this process' metrics server (`--metrics-port`); unset: none "
+        "(the gateway serves /metrics on its own port)",
+    )
+    host: str = Field("127.0.0.1", description="address the metrics server binds; `0.0.0.0` "
+                      "in a cluster")  # fmt: skip
+
+
+class TracingSettings(Section):
+    """OpenTelemetry traces: one per post, across every task and stage call."""
+
+    exporter: Literal["none", "console", "otlp"] = Field(
+        "none", description="where spans go: none (off, no cost), console (stderr), otlp"
+    )
+    endpoint: str = Field(
+        "http://127.0.0.1:4318/v1/traces", description="OTLP/HTTP traces endpoint, `otlp`"
+    )
+    sample_ratio: float = Field(1.0, ge=0, le=1, description="share of posts traced")
+
+
 class ModelsSettings(Section):
     """Where model versions come from and how they run on this machine."""
 
@@ -324,6 +348,8 @@ class Settings(BaseSettings):
     s3: S3Settings = Field(default_factory=S3Settings)
     grpc: GrpcSettings = Field(default_factory=GrpcSettings)
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
     models: ModelsSettings = Field(default_factory=ModelsSettings)
     log: LogSettings = Field(default_factory=LogSettings)
     llm: LlmSettings = Field(default_factory=LlmSettings)

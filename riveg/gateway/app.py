@@ -12,11 +12,13 @@ import hmac
 import io
 import json
 import re
+import time
 from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
+from prometheus_client import make_asgi_app
 from pydantic import BaseModel, Field, ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -24,6 +26,7 @@ from riveg import __version__
 from riveg.core.config import ConfigError, Settings
 from riveg.core.images import decode_image, encode_png, rle_to_mask
 from riveg.core.logging import get_logger
+from riveg.gateway import metrics
 from riveg.gateway.intake import Intake, PostIn, Refused
 from riveg.orchestration.overlay import render_overlay
 
@@ -210,12 +213,25 @@ def create_app(settings: Settings, intake: Intake, ready_checks: dict[str, Any])
                 headers={"WWW-Authenticate": "Bearer"},
             )
 
+    metrics.BACKLOG.set_function(intake.runtime.jobs.backlog)
+    app.mount("/metrics", make_asgi_app())
+
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next: Any) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = getattr(request.scope.get("route"), "path", None) or "unmatched"
+        metrics.REQUESTS.labels(route, request.method, str(response.status_code)).inc()
+        metrics.LATENCY.labels(route, request.method).observe(time.perf_counter() - started)
+        return response
+
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
         return JSONResponse({"error": exc.detail}, exc.status_code, exc.headers)
 
     @app.exception_handler(Refused)
     async def _refused(request: Request, exc: Refused) -> JSONResponse:
+        metrics.POSTS.labels("refused").inc()
         return _refusal(exc.status, exc.message, exc.field)
 
     @app.get("/healthz", tags=["health"])
@@ -277,6 +293,7 @@ def create_app(settings: Settings, intake: Intake, ready_checks: dict[str, Any])
         ``Idempotency-Key``) started before."""
         post, image_file = await _post_in(request)
         accepted = intake.accept(post, image_file, idempotency_key)
+        metrics.POSTS.labels("accepted" if accepted.created else "duplicate").inc()
         job = intake.job(accepted.record)
         location = f"/v1/jobs/{job['job_id']}"
         return JSONResponse(job, 202 if accepted.created else 200, {"Location": location})
@@ -304,14 +321,17 @@ def create_app(settings: Settings, intake: Intake, ready_checks: dict[str, Any])
                 accepted = intake.accept(PostIn.model_validate(raw))
             except ValidationError as exc:
                 message, field = _validation_message(exc)
+                metrics.POSTS.labels("refused").inc()
                 entries.append(BatchEntry(id=post_id, accepted=False, error=message, field=field))
                 continue
             except Refused as exc:
+                metrics.POSTS.labels("refused").inc()
                 entries.append(
                     BatchEntry(id=post_id, accepted=False, error=exc.message, field=exc.field)
                 )
                 continue
             record = accepted.record
+            metrics.POSTS.labels("accepted" if accepted.created else "duplicate").inc()
             entries.append(
                 BatchEntry(
                     id=post_id, accepted=True, job_id=record["job_id"], status=record["status"]

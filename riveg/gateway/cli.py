@@ -16,6 +16,7 @@ from riveg.core.cli import EXISTING_FILE, cli_settings, config_option
 from riveg.core.config import Settings
 from riveg.core.logging import get_logger
 from riveg.core.network import is_loopback_host
+from riveg.core.observability import setup_tracing
 from riveg.gateway.amqp import start_intake
 from riveg.gateway.app import create_app, load_api_keys, with_body_limit
 from riveg.gateway.client import GatewayClient, GatewayError
@@ -67,6 +68,7 @@ def gateway(
     settings = cli_settings(
         config_file, broker_url=broker_url, gateway_host=host, gateway_port=port
     )
+    setup_tracing(settings, "riveg-gateway")
     bind = settings.gateway.host
     if not load_api_keys(settings.gateway.api_keys_file) and not is_loopback_host(bind):
         log.warning("no API keys (RIVEG_GATEWAY_API_KEYS_FILE): binding loopback only", asked=bind)

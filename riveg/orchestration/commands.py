@@ -19,6 +19,7 @@ from riveg.core.errors import InvalidInput
 from riveg.core.images import check_image, decode_image
 from riveg.core.limits import check_image_bytes, check_text
 from riveg.core.logging import get_logger
+from riveg.core.observability import flush_tracing, setup_tracing, start_metrics_server
 from riveg.core.stages import QUEUES, STAGES
 from riveg.core.storage import open_store
 from riveg.orchestration.celery_app import configure_app, queue_name
@@ -33,6 +34,11 @@ from riveg.serving.stages import build_stage
 log = get_logger("riveg.cli")
 knowledge_option = click.option(
     "--knowledge/--no-knowledge", default=None, help="Run the LLM knowledge step."
+)
+metrics_port_option = click.option(
+    "--metrics-port",
+    type=int,
+    help="Serve Prometheus metrics at :PORT/metrics (default RIVEG_METRICS_PORT; unset: none).",
 )
 broker_option = click.option(
     "--broker",
@@ -74,12 +80,14 @@ def pipeline_runtime(settings: Settings) -> Iterator[Any]:
         finally:
             cluster.stop()
             set_runtime(None)
+            flush_tracing()
     else:
         runtime = Runtime(settings, open_store(settings))
         try:
             yield runtime
         finally:
             runtime.close()
+            flush_tracing()
 
 
 def _print_result(result: dict[str, Any], as_json: bool) -> None:
@@ -163,6 +171,7 @@ def analyze(
 ) -> None:
     """Find, type, ground and segment the named entities of one post."""
     settings = cli_settings(config_file, broker_url=broker_url)
+    setup_tracing(settings, "riveg-analyze")
     try:  # refused before any model is loaded or anything is uploaded
         check_text(text, settings.limits.max_text_chars)
         image_bytes = read_image_file(Path(image_path), settings.limits)
@@ -278,6 +287,7 @@ def batch(
     for a released caption), resuming where it stopped. A post that fails gets {"id", "error"}
     in OUT; the others go on."""
     settings = cli_settings(config_file, broker_url=broker_url)
+    setup_tracing(settings, "riveg-batch")
     done = _done_ids(out_path)
     entries = list(_read_batch(input_path))
     todo = [e for e in entries if e[1] is None or e[1]["id"] not in done]
@@ -373,27 +383,41 @@ def _outcome(post_id: str, submission: Any) -> dict[str, Any]:
     "--host",
     help="Address to bind (default: RIVEG_GRPC_HOST, 127.0.0.1; 0.0.0.0 to serve other machines).",
 )
+@metrics_port_option
 @config_option
-def serve(stage: str, port: int | None, host: str | None, config_file: str | None) -> None:
+def serve(
+    stage: str, port: int | None, host: str | None, metrics_port: int | None,
+    config_file: str | None,
+) -> None:  # fmt: skip
     """Run one stage's gRPC server until SIGTERM (TLS and mTLS as [grpc] configures)."""
     settings = cli_settings(config_file, grpc_host=host)
+    setup_tracing(settings, f"riveg-serve-{stage}")
+    start_metrics_server(settings, metrics_port)
     server = StageServer(build_stage(stage, settings, open_store(settings)), settings)
     server.start(port=port)
-    server.serve_forever()
+    try:
+        server.serve_forever()
+    finally:
+        flush_tracing()
 
 
 @click.command()
 @click.argument("queues", nargs=-1, required=True, type=click.Choice(QUEUES))
 @click.option("--concurrency", default=4, show_default=True, help="Worker threads.")
+@metrics_port_option
 @broker_option
 @config_option
 def worker(
-    queues: tuple[str, ...], concurrency: int, broker_url: str | None, config_file: str | None
-) -> None:
+    queues: tuple[str, ...], concurrency: int, metrics_port: int | None, broker_url: str | None,
+    config_file: str | None,
+) -> None:  # fmt: skip
     """Run a Celery worker consuming the given stage queues (<queue_prefix>.<queue>)."""
     settings = cli_settings(config_file, broker_url=broker_url)
     if settings.embedded:
         raise click.ClickException("a worker needs a broker: set RIVEG_BROKER_URL or --broker")
+    setup_tracing(settings, f"riveg-worker-{'+'.join(queues)}")
+    # The thread pool runs every task in this process: one registry, no multiprocess mode.
+    start_metrics_server(settings, metrics_port)
     app = configure_app(settings)
     # The tasks of this worker reach the store and the stage servers these settings name.
     set_runtime(Runtime(settings, open_store(settings)))

@@ -32,6 +32,13 @@ log = get_logger("riveg.up")
 DEFAULT_BROKER = "amqp://guest:guest@127.0.0.1:5672//"
 
 
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
     """Whether something accepts TCP connections at host:port."""
     try:
@@ -49,6 +56,15 @@ class Launcher:
     log_dir: Path
     env: dict[str, str]
     children: dict[str, subprocess.Popen] = field(default_factory=dict)
+    metrics_ports: dict[str, int] = field(default_factory=dict)
+
+    def metrics_port(self, name: str) -> int:
+        """The metrics port of child ``name``: ``RIVEG_METRICS_PORT`` + its index when set,
+        else a free port; each child gets its own."""
+        base = self.settings.metrics.port
+        port = base + len(self.metrics_ports) if base is not None else free_port()
+        self.metrics_ports[name] = port
+        return port
 
     def spawn(self, name: str, argv: list[str], extra_env: dict[str, str] | None = None) -> None:
         """Start a child with its output in <log_dir>/<name>.log."""
@@ -83,7 +99,9 @@ class Launcher:
     def start_servers(self) -> None:
         """One `riveg serve STAGE` per stage; wait until each is SERVING."""
         for stage in STAGES:
-            self.spawn(f"serve-{stage}", [_bin("riveg"), "serve", stage])
+            name = f"serve-{stage}"
+            self.spawn(name, [_bin("riveg"), "serve", stage, "--metrics-port",
+                              str(self.metrics_port(name))])  # fmt: skip
         for stage in STAGES:
             client = connect(stage, self.settings)
             try:
@@ -96,8 +114,9 @@ class Launcher:
         """One `riveg worker QUEUE` per queue; wait until all answer a ping."""
         queues = QUEUES
         for queue in queues:
-            self.spawn(f"worker-{queue}", [_bin("riveg"), "worker", queue, "--concurrency",
-                                           str(concurrency)])  # fmt: skip
+            name = f"worker-{queue}"
+            self.spawn(name, [_bin("riveg"), "worker", queue, "--concurrency", str(concurrency),
+                              "--metrics-port", str(self.metrics_port(name))])  # fmt: skip
         app = configure_app(self.settings)
 
         def all_answer() -> bool:
@@ -193,6 +212,8 @@ def up(broker_url: str | None, concurrency: int, state_dir: Path, config_file: s
             "ready": True, "broker": broker, "store": settings.store.kind,
             "servers": {s: settings.stage(s).addr for s in STAGES},
             "processes": {n: c.pid for n, c in launcher.children.items()},
+            "metrics": {n: f"http://{settings.metrics.host}:{p}/metrics"
+                        for n, p in launcher.metrics_ports.items()},
             "logs": str(log_dir), "startup_s": round(time.perf_counter() - started, 1),
         }))  # fmt: skip
         sys.stdout.flush()

@@ -15,6 +15,7 @@ import hmac
 import json
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -25,6 +26,7 @@ from riveg.core.config import Settings
 from riveg.core.errors import InvalidInput
 from riveg.core.logging import get_logger
 from riveg.core.network import check_outbound_url
+from riveg.orchestration import metrics
 from riveg.orchestration.jobs import JobStore, Record, now
 
 log = get_logger("riveg.notify")
@@ -124,6 +126,10 @@ def _notify(settings: Settings, record: Record, result: dict[str, Any] | None) -
             log.error("callback failed", job_id=record["job_id"], error=str(exc))
 
 
+def _seconds_between(start: str, end: str) -> float:
+    return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
+
+
 def finish_job(
     settings: Settings,
     jobs: JobStore,
@@ -140,4 +146,9 @@ def finish_job(
         fields.update(status="failed", error=error)
     jobs.update(job_id, **fields)
     record = jobs.get(job_id) or {"job_id": job_id, **fields}
+    outcome = fields["status"]
+    metrics.POSTS_FINISHED.labels(outcome).inc()
+    if record.get("submitted_at"):
+        took = _seconds_between(record["submitted_at"], fields["finished_at"])
+        metrics.POST_SECONDS.labels(outcome).observe(max(took, 0.0))
     return _pool.submit(_notify, settings, record, result)

@@ -12,6 +12,7 @@ from celery.result import AsyncResult
 
 from riveg.core.images import image_content_type
 from riveg.core.limits import check_image_bytes, check_text
+from riveg.core.observability import post_span
 from riveg.core.storage import ObjectStore
 from riveg.orchestration.celery_app import STEPS
 from riveg.orchestration.jobs import new_record, now
@@ -90,13 +91,15 @@ def submit_post(
         state["image_id"] = image_id
     use_knowledge = runtime.settings.pipeline.knowledge if knowledge is None else knowledge
     workflow = build_chain(state, knowledge=use_knowledge)
-    if runtime.settings.embedded:
-        try:
-            outcome = workflow.apply()
-        except PostError as exc:
-            outcome = _Failed(exc)
-        return Submission(state["id"], job_id, outcome)
-    return Submission(state["id"], job_id, workflow.apply_async())
+    # The post's trace: this span is the parent of every task and stage call of its chain.
+    with post_span("riveg.submit", job_id, state["id"]):
+        if runtime.settings.embedded:
+            try:
+                outcome = workflow.apply()
+            except PostError as exc:
+                outcome = _Failed(exc)
+            return Submission(state["id"], job_id, outcome)
+        return Submission(state["id"], job_id, workflow.apply_async())
 
 
 def store_image(store: ObjectStore, data: bytes) -> str:

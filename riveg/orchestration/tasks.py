@@ -21,6 +21,8 @@ from riveg.core.errors import InvalidInput
 from riveg.core.images import decode_image, mask_to_rle, png_mask
 from riveg.core.limits import check_text
 from riveg.core.logging import get_logger
+from riveg.core.observability import tag_current_span
+from riveg.orchestration import metrics
 from riveg.orchestration.celery_app import STEPS, app, task_name
 from riveg.orchestration.jobs import now, result_key
 from riveg.orchestration.notify import finish_job
@@ -75,28 +77,43 @@ class StepTask(Task):
         ):
             attempt = self.request.retries + 1 if self.request.id else 1
             log.info("step started", attempt=attempt)
+            tag_current_span(job_id=state.get("job_id") or "", post_id=str(state.get("id")),
+                             step=self.step)  # fmt: skip
             runtime = get_runtime()
             job_id = state.get("job_id")
             if job_id:
                 runtime.jobs.update(job_id, status="running", step=self.step)
+            outcome = "failure"
             try:
                 result = super().__call__(state)
+                outcome = "success"
             except (InvalidInput, StageInputError) as exc:
-                log.info("step failed", outcome="bad_post", error=str(exc))
+                outcome = "bad_post"
+                log.info("step failed", outcome=outcome, ms=self._ms(started), error=str(exc))
                 error = PostError(f"post {state.get('id')!r}: {exc}")
                 self._failed(runtime, job_id, error)
                 raise error from None
             except Retry as retry:
-                log.warning("step failed, retrying", outcome="retry", error=str(retry.exc))
+                outcome = "retry"
+                log.warning("step failed, retrying", outcome=outcome, ms=self._ms(started),
+                            error=str(retry.exc))  # fmt: skip
                 raise
             except Exception as exc:
-                log.error("step failed", outcome="error", error=f"{type(exc).__name__}: {exc}")
+                log.error("step failed", outcome="error", ms=self._ms(started),
+                          error=f"{type(exc).__name__}: {exc}")  # fmt: skip
                 self._failed(runtime, job_id, exc)
                 raise
-            elapsed = round((time.perf_counter() - started) * 1000, 1)
+            finally:
+                metrics.TASKS.labels(self.step, outcome).inc()
+                metrics.TASK_SECONDS.labels(self.step).observe(time.perf_counter() - started)
+            elapsed = self._ms(started)
             result.setdefault("timings_ms", {}).setdefault(self.step, elapsed)
             log.info("step done", outcome="ok", ms=elapsed)
         return result
+
+    @staticmethod
+    def _ms(started: float) -> float:
+        return round((time.perf_counter() - started) * 1000, 1)
 
     def _failed(self, runtime: Runtime, job_id: str | None, error: Exception) -> None:
         """The job ends here: record the failure and notify."""

@@ -17,6 +17,7 @@ from typing import Any
 
 from riveg.core.config import Settings
 from riveg.core.logging import get_logger
+from riveg.serving import metrics
 from riveg.serving.backend import Backend, BackendRegistry
 from riveg.serving.modelstore import (
     MANIFEST,
@@ -155,8 +156,14 @@ class ModelManager:
                 backend, key = resolve_backend(
                     self.stage, ref, self.registry, self.settings, self.models
                 )
-            warm(backend)
+            try:
+                warm(backend)
+            except Exception:
+                metrics.MODEL_LOADS.labels(self.stage, "error").inc()
+                raise
             load_s = time.perf_counter() - started
+            metrics.MODEL_LOADS.labels(self.stage, "swap").inc()
+            metrics.MODEL_LOAD_SECONDS.labels(self.stage).observe(load_s)
             return self._swap(backend, key, load_s)
 
     def rollback(self) -> SwapResult:
@@ -172,6 +179,7 @@ class ModelManager:
         # One attribute store: calls read `current` once, so each sees old or new, never a mix.
         self.current, self.backend_name = backend, key
         self.previous, self.previous_backend_name = old, old_key
+        metrics.show_model(self.stage, backend, key, old, old_key)
         swap_ms = (time.perf_counter() - started) * 1000
         log.info(
             "model swapped",

@@ -24,8 +24,10 @@ from grpc_reflection.v1alpha import reflection
 from riveg.core.config import GrpcSettings, Settings
 from riveg.core.errors import InvalidInput
 from riveg.core.logging import get_logger
+from riveg.core.observability import tag_current_span
 from riveg.core.stages import Stage
 from riveg.core.storage import ObjectNotFound
+from riveg.serving import metrics
 from riveg.serving.backend import Backend
 from riveg.serving.client import JOB_ID_KEY, channel_options
 from riveg.serving.manager import ModelManager, warm
@@ -44,33 +46,50 @@ def _status_for(exc: Exception) -> grpc.StatusCode:
 
 
 class _CallContextInterceptor(grpc.ServerInterceptor):
-    """Binds the job id to the logs, refuses calls whose deadline has passed, maps errors."""
+    """Binds the job id to the logs and the trace, refuses calls whose deadline has passed, maps
+    errors, and counts and times every call (``riveg_stage_*`` metrics)."""
+
+    def __init__(self, stage: str) -> None:
+        self.stage = stage
 
     def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
         handler = continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
         method = handler_call_details.method
+        name = metrics.method_name(method)
         behaviour = handler.unary_unary
+        in_flight = metrics.IN_FLIGHT.labels(self.stage)
+        latency = metrics.LATENCY.labels(self.stage, name)
 
         def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
             metadata = dict(context.invocation_metadata() or ())
             job_id = metadata.get(JOB_ID_KEY, "")
             started = time.perf_counter()
-            with structlog.contextvars.bound_contextvars(job_id=job_id, rpc=method):
-                remaining = context.time_remaining()
-                if remaining is not None and remaining <= 0:
-                    context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed on arrival")
-                try:
-                    response = behaviour(request, context)
-                except Exception as exc:
-                    if context.code() is not None:  # already aborted by the servicer
-                        raise
-                    code = _status_for(exc)
-                    log.warning("rpc failed", code=code.name, error=str(exc))
-                    context.abort(code, f"{type(exc).__name__}: {exc}")
-                log.info("rpc done", ms=round((time.perf_counter() - started) * 1000, 1))
-                return response
+            code = grpc.StatusCode.OK
+            in_flight.inc()
+            try:
+                with structlog.contextvars.bound_contextvars(job_id=job_id, rpc=method):
+                    tag_current_span(job_id=job_id, stage=self.stage)
+                    remaining = context.time_remaining()
+                    if remaining is not None and remaining <= 0:
+                        code = grpc.StatusCode.DEADLINE_EXCEEDED
+                        context.abort(code, "deadline passed on arrival")
+                    try:
+                        response = behaviour(request, context)
+                    except Exception as exc:
+                        if context.code() is not None:  # already aborted by the servicer
+                            code = context.code()
+                            raise
+                        code = _status_for(exc)
+                        log.warning("rpc failed", code=code.name, error=str(exc))
+                        context.abort(code, f"{type(exc).__name__}: {exc}")
+                    log.info("rpc done", ms=round((time.perf_counter() - started) * 1000, 1))
+                    return response
+            finally:
+                in_flight.dec()
+                latency.observe(time.perf_counter() - started)
+                metrics.REQUESTS.labels(self.stage, name, code.name).inc()
 
         return grpc.unary_unary_rpc_method_handler(
             wrapped,
@@ -166,7 +185,7 @@ class StageServer:
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=settings.grpc.workers),
             options=channel_options(settings),
-            interceptors=[_CallContextInterceptor()],
+            interceptors=[_CallContextInterceptor(spec.stage.name)],
         )
         spec.add_to_server(spec.servicer, self.server)
         common_pb2_grpc.add_ModelAdminServicer_to_server(
@@ -220,7 +239,15 @@ class StageServer:
     def load_model(self) -> None:
         """Load and warm the backend's model and mark the server SERVING."""
         started = time.perf_counter()
-        warm(self.spec.backend)
+        stage = self.spec.stage.name
+        try:
+            warm(self.spec.backend)
+        except Exception:
+            metrics.MODEL_LOADS.labels(stage, "error").inc()
+            raise
+        metrics.MODEL_LOADS.labels(stage, "startup").inc()
+        metrics.MODEL_LOAD_SECONDS.labels(stage).observe(time.perf_counter() - started)
+        metrics.show_model(stage, self.spec.backend, self.spec.backend_name)
         self._set_status(health_pb2.HealthCheckResponse.SERVING)
         log.info(
             "model ready",

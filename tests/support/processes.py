@@ -17,13 +17,9 @@ import redis
 from kombu import Connection
 
 from riveg.core.stages import QUEUES
+from riveg.orchestration.launcher import free_port
 
-
-def free_port() -> int:
-    """A loopback TCP port nobody listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+__all__ = ["free_port"]  # re-exported for the tests
 
 
 def wait_port(port: int, timeout: float = 30.0) -> None:
