@@ -337,6 +337,12 @@ def test_batch_lines_that_are_not_utf8_are_that_lines_error() -> None:
     assert entries[4] == (6, None, "line 6: the 'id' is not valid Unicode (a lone surrogate)")
     bom = list(read_batch_lines([b'\xef\xbb\xbf{"text": "t"}\n']))
     assert bom == [(1, {"text": "t", "id": "line-1"}, None)]
+    shapes = list(read_batch_lines([b'["a"]\n', b'{"id": "x"}\n', b'{"text": 42}\n']))
+    assert [error for _, _, error in shapes] == [
+        "line 1: expected an object with 'text' and 'image' (got list)",
+        "line 2: the post has no 'text'",
+        "line 3: 'text' must be a string (got int)",
+    ]
 
 
 @pytest.fixture()

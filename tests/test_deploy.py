@@ -17,6 +17,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import tomllib
 from collections.abc import Iterator
 from functools import cache
@@ -65,6 +66,11 @@ CREDENTIAL_NAME = re.compile(
 )
 PROBE_TIMING = ["periodSeconds", "timeoutSeconds", "failureThreshold"]
 INSTALL_HINT = "run `bash .ci/deploy-tools.sh`"
+# The metrics port of each RiVEG process (container port name: number): `riveg serve` (stage
+# servers), `riveg worker` (stage pods' and pipeline pods' workers); the gateway serves /metrics on
+# its HTTP port.
+METRICS_PORTS = {"metrics": 9100, "worker-metrics": 9101}
+METRICS_PORT_NAMES = {"serve": "metrics", "worker": "worker-metrics"}
 
 Obj = dict[str, Any]
 
@@ -328,7 +334,8 @@ def test_stage_pod(objs: list[Obj], stage: str) -> None:
         "server must be a native sidecar: started before and stopped after the worker"
     )
     assert server["args"] == ["serve", stage]
-    assert server["ports"] == [{"name": "grpc", "containerPort": port}]
+    assert server["ports"][0] == {"name": "grpc", "containerPort": port}
+    assert [p["name"] for p in server["ports"]] == ["grpc", "metrics"]  # test_metrics_ports
     assert _env(server)["RIVEG_GRPC_PORT"] == str(port)
     # Native gRPC probes cannot speak TLS: the image's health check, which connects like the
     # worker (test_healthcheck_speaks_tls runs it against a TLS server).
@@ -634,7 +641,8 @@ def test_network_policies_deny_by_default(objs: list[Obj]) -> None:
 
 def test_network_policy_matrix(objs: list[Obj], overlay: str) -> None:
     """Stage gRPC ports admit only their own stage's pods; the gateway's HTTP port only the ingress
-    controller; RabbitMQ, Redis and MinIO only the RiVEG workers and the gateway (+ KEDA's operator
+    controller and Prometheus (/metrics); the metrics ports of the servers and workers only
+    Prometheus; RabbitMQ, Redis and MinIO only the RiVEG workers and the gateway (+ KEDA's operator
     for AMQP with components/keda, Prometheus for metrics); the data services reach nothing; the
     stage pods reach only the data services; the gateway and the pipeline worker also the web
     (public addresses, 80 and 443: image URLs, callbacks)."""
@@ -643,8 +651,9 @@ def test_network_policy_matrix(objs: list[Obj], overlay: str) -> None:
             peers = _peers(objs, f"riveg-{stage}", "Ingress", DEFAULT_PORTS[other])
             assert peers == ({f"riveg-{stage}"} if other == stage else set()), (stage, other)
     gateway_port = _gateway_port(objs)
-    assert _peers(objs, GATEWAY, "Ingress", gateway_port) == {INGRESS_NGINX}
-    for port in (80, 443, 9090, *DEFAULT_PORTS.values()):
+    # the API for the ingress controller, /metrics for Prometheus (one port)
+    assert _peers(objs, GATEWAY, "Ingress", gateway_port) == {INGRESS_NGINX, MONITORING}
+    for port in (80, 443, 9090, *METRICS_PORTS.values(), *DEFAULT_PORTS.values()):
         assert _peers(objs, GATEWAY, "Ingress", port) == set(), port
     for workload in WORKERS:
         assert _peers(objs, workload, "Ingress", gateway_port) == set(), workload
@@ -669,6 +678,16 @@ def test_network_policy_matrix(objs: list[Obj], overlay: str) -> None:
     for service in DATA_SERVICES:
         for port in (*WEB_PORTS, 5672, 6379, 8080, 9000, *DEFAULT_PORTS.values()):
             assert _peers(objs, service, "Egress", port) == set(), (service, port)
+        for port in METRICS_PORTS.values():
+            assert _peers(objs, service, "Ingress", port) == set(), (service, port)
+    # every RiVEG process' metrics port: Prometheus only (not even the pod's own stage)
+    for workload in WORKERS:
+        pod = _pod_spec(_one(objs, "Deployment", workload))
+        ports = [p for c in _containers(pod) for p in c.get("ports", [])]
+        metrics = [p["containerPort"] for p in ports if p["name"] in METRICS_PORTS]
+        assert metrics, workload
+        for port in metrics:
+            assert _peers(objs, workload, "Ingress", port) == {MONITORING}, (workload, port)
 
 
 def test_public_egress_spares_private_ranges(objs: list[Obj]) -> None:
@@ -1306,6 +1325,496 @@ def test_healthcheck_http() -> None:
         server.shutdown()
         server.server_close()
     assert probe("http", port=server.server_address[1]) == 1  # nothing listening
+
+
+# --- monitoring: metrics ports, Prometheus operator objects, alerts, dashboard, tracing ------
+
+MONITORING_DIR = DEPLOY / "components" / "monitoring"
+DASHBOARD = MONITORING_DIR / "dashboards" / "riveg.json"
+MONITORING_KINDS = {"PodMonitor", "PrometheusRule"}  # monitoring.coreos.com/v1
+# Labels Prometheus gives every series of a PodMonitor's target
+TARGET_LABELS = frozenset({"namespace", "pod", "container", "endpoint", "job", "instance"})
+# Series that do not come from RiVEG's code, and their own labels: up (Prometheus, per target),
+# kube-state-metrics, RabbitMQ's exporter (/metrics/per-object, per queue).
+EXTERNAL_METRICS = {
+    "up": frozenset(),
+    "kube_deployment_status_replicas_available": frozenset({"deployment"}),
+    "rabbitmq_queue_messages_ready": frozenset({"queue", "vhost"}),
+    "rabbitmq_queue_messages_unacked": frozenset({"queue", "vhost"}),
+    "rabbitmq_queue_consumers": frozenset({"queue", "vhost"}),
+}
+# The values the code gives its bounded labels (metric family, label): riveg/orchestration
+# (tasks.py, notify.py), riveg/serving (server.py, manager.py: gRPC status code names),
+# riveg/gateway/app.py.
+LABEL_VALUES = {
+    ("riveg_posts_finished", "outcome"): {"done", "failed"},
+    ("riveg_post_duration_seconds", "outcome"): {"done", "failed"},
+    ("riveg_tasks", "outcome"): {"success", "retry", "bad_post", "failure"},
+    ("riveg_stage_model_loads", "outcome"): {"startup", "swap", "error"},
+    ("riveg_gateway_posts", "outcome"): {"accepted", "duplicate", "refused"},
+}
+GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1h"}
+# The alerts issue 19 asks for (a stage with no ready server, a queue growing, error ratios) and
+# their companions
+ALERTS = {
+    "RivegStageNoReadyServer",
+    "RivegStageServerDown",
+    "RivegStageErrorRatio",
+    "RivegModelLoadErrors",
+    "RivegQueueGrowing",
+    "RivegQueueWithoutConsumers",
+    "RivegPostsFailing",
+    "RivegGatewayErrorRatio",
+    "RivegGatewayBacklogHigh",
+}
+
+
+@cache
+def _rendered_with(overlay: str, *components: str) -> tuple[Obj, ...]:
+    """The overlay with these components added (after its first one)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        copied = Path(tmp) / "deploy"
+        shutil.copytree(DEPLOY, copied)
+        kustomization = copied / "overlays" / overlay / "kustomization.yaml"
+        text = kustomization.read_text()
+        anchor = re.search(r"^components:\\n  - \\S+\\n", text, re.M)
+        assert anchor, f"{overlay}: no components list"
+        added = "".join(f"  - ../../components/{c}\\n" for c in components)
+        kustomization.write_text(text[: anchor.end()] + added + text[anchor.end() :])
+        return tuple(_render(kustomization.parent))
+
+
+@pytest.fixture
+def monitored(overlay: str) -> list[Obj]:
+    """The overlay with components/monitoring (a deep copy)."""
+    return copy.deepcopy(list(_rendered_with(overlay, "monitoring")))
+
+
+def _riveg_command(container: Obj) -> str | None:
+    """`serve` or `worker` for a container running that RiVEG command, else None."""
+    if container["image"].startswith("riveg/") and "command" not in container:
+        command = container.get("args", [None])[0]
+        return command if command in METRICS_PORT_NAMES else None
+    return None
+
+
+def test_metrics_ports(objs: list[Obj]) -> None:
+    """Every container running `riveg serve` or `riveg worker` serves its metrics on a port of its
+    own, declared under the expected name and equal to what the process binds (--metrics-port, else
+    RIVEG_METRICS_PORT), on every address of the pod (RIVEG_METRICS_HOST=0.0.0.0); the gateway on
+    its HTTP port, without a metrics server of its own."""
+    seen = set()
+    for workload in _find(objs, "Deployment"):
+        pod = _pod_spec(workload)
+        pod_ports: list[int] = []
+        for container in _containers(pod):
+            pod_ports += [p["containerPort"] for p in container.get("ports", [])]
+            command = _riveg_command(container)
+            if command is None:
+                assert "RIVEG_METRICS_PORT" not in _env(container), container["name"]
+                continue
+            where = f"{workload['metadata']['name']}/{container['name']}"
+            config = {**_config_maps(objs, container), **_env(container)}
+            args = container["args"]
+            bound = (
+                args[args.index("--metrics-port") + 1]
+                if "--metrics-port" in args
+                else config.get("RIVEG_METRICS_PORT")
+            )
+            assert bound is not None, f"{where}: no metrics port"
+            declared = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
+            name = METRICS_PORT_NAMES[command]
+            assert declared.get(name) == int(bound) == METRICS_PORTS[name], where
+            assert config["RIVEG_METRICS_HOST"] == "0.0.0.0", f"{where}: Prometheus must reach it"
+            seen.add((workload["metadata"]["name"], command))
+        assert len(pod_ports) == len(set(pod_ports)), f"{workload['metadata']['name']}: clash"
+    expected = {(f"riveg-{s}", c) for s in STAGES for c in ("serve", "worker")}
+    assert seen == expected | {("riveg-pipeline", "worker")}
+    gateway = _container(_pod_spec(_one(objs, "Deployment", GATEWAY)), "gateway")
+    assert "RIVEG_METRICS_PORT" not in {**_config_maps(objs, gateway), **_env(gateway)}
+
+
+def test_metrics_settings_exist() -> None:
+    """The metrics and tracing lines of config.env are settings the code reads."""
+    from riveg.core.config import Settings
+
+    config = _env_file(DEPLOY / "base" / "config.env")
+    for key in ("RIVEG_METRICS_HOST", "RIVEG_TRACING_EXPORTER"):
+        section, field = key.removeprefix("RIVEG_").lower().split("_", 1)
+        assert field in type(getattr(Settings(), section)).model_fields, key
+    assert config["RIVEG_TRACING_EXPORTER"] == "none", "tracing is opt-in (components/tracing)"
+
+
+def test_monitoring_component_renders(monitored: list[Obj], objs: list[Obj], overlay: str) -> None:
+    """components/monitoring adds its PodMonitors, PrometheusRule and dashboard ConfigMap to either
+    overlay, in its namespace, and changes nothing else."""
+    namespace = {"dev": "riveg-dev", "gpu": "riveg"}[overlay]
+    added = [o for o in monitored if o not in objs]
+    kinds = sorted((o["kind"], o["metadata"]["name"]) for o in added)
+    assert kinds == [
+        ("ConfigMap", "riveg-grafana-dashboard"),
+        ("PodMonitor", "rabbitmq"),
+        ("PodMonitor", "riveg-gateway"),
+        ("PodMonitor", "riveg-stage-servers"),
+        ("PodMonitor", "riveg-workers"),
+        ("PrometheusRule", "riveg"),
+    ]
+    assert len(monitored) == len(objs) + len(added), "nothing else changes"
+    for obj in added:
+        assert obj["metadata"]["namespace"] == namespace
+        if obj["kind"] in MONITORING_KINDS:
+            assert obj["apiVersion"] == "monitoring.coreos.com/v1"
+    dashboard = _one(monitored, "ConfigMap", "riveg-grafana-dashboard")
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"  # the sidecar's label
+    assert dashboard["data"] == {"riveg.json": DASHBOARD.read_text()}
+    kv = pytest.importorskip("kubernetes_validate", reason=INSTALL_HINT)
+    for version in K8S_VERSIONS:
+        kv.validate(dashboard, version, strict=True)
+
+
+@cache
+def _monitoring_validator(kind: str) -> Any:
+    """jsonschema validator for a monitoring.coreos.com/v1 kind, from the Prometheus operator's
+    CRDs (cloudcoil models)."""
+    jsonschema = pytest.importorskip("jsonschema", reason=INSTALL_HINT)
+    models = pytest.importorskip("cloudcoil.models.prometheus_operator.v1", reason=INSTALL_HINT)
+    schema = getattr(models, kind).model_json_schema(by_alias=True)
+    _forbid_unknown(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+def test_monitoring_schemas(monitored: list[Obj]) -> None:
+    errors = [
+        f"{o['kind']}/{o['metadata']['name']} {list(e.absolute_path)}: {e.message}"
+        for o in monitored
+        if o["kind"] in MONITORING_KINDS
+        for e in _monitoring_validator(o["kind"]).iter_errors(o)
+    ]
+    assert not errors, "\\n".join(errors)
+
+
+def test_monitoring_validation_is_strict() -> None:
+    objs = list(_rendered_with("gpu", "monitoring"))
+    monitor = copy.deepcopy(_one(objs, "PodMonitor", "riveg-workers"))
+    monitor["spec"]["podMetricsEndpoints"][0]["portName"] = "worker-metrics"  # not a field
+    rule = copy.deepcopy(_one(objs, "PrometheusRule", "riveg"))
+    rule["spec"]["groups"][0]["rules"][0]["for"] = "ten minutes"
+    assert len(list(_monitoring_validator("PodMonitor").iter_errors(monitor))) == 1
+    assert len(list(_monitoring_validator("PrometheusRule").iter_errors(rule))) == 1
+
+
+def _targets(objs: list[Obj]) -> list[dict[str, str]]:
+    """What the PodMonitors make Prometheus scrape: per selected pod and matching container port,
+    its target labels (job, namespace, container, endpoint), the port number and the path."""
+    targets = []
+    workloads = {w["metadata"]["name"]: w for w in _workloads(objs)}
+    for monitor in _find(objs, "PodMonitor"):
+        spec = monitor["spec"]
+        namespace = monitor["metadata"]["namespace"]
+        for name, labels in _pod_labels(objs).items():
+            if not _selects(spec["selector"], labels):
+                continue
+            for endpoint in spec["podMetricsEndpoints"]:
+                for container in _containers(_pod_spec(workloads[name])):
+                    for port in container.get("ports", []):
+                        if port["name"] != endpoint["port"]:
+                            continue
+                        job = labels.get(spec.get("jobLabel", ""))
+                        targets.append({
+                            "job": job or f"{namespace}/{monitor['metadata']['name']}",
+                            "namespace": namespace,
+                            "container": container["name"],
+                            "endpoint": port["name"],
+                            "workload": name,
+                            "port": str(port["containerPort"]),
+                            "path": endpoint.get("path", "/metrics"),
+                        })  # fmt: skip
+    return targets
+
+
+def test_pod_monitors_scrape_every_process(monitored: list[Obj]) -> None:
+    """Each PodMonitor selects existing pods, and every pod it selects has the named port; together
+    they scrape every RiVEG process' metrics port, the gateway's /metrics and RabbitMQ's per-queue
+    metrics, each admitted from Prometheus by the NetworkPolicies."""
+    workloads = {w["metadata"]["name"]: w for w in _workloads(monitored)}
+    targets = _targets(monitored)
+    for monitor in _find(monitored, "PodMonitor"):
+        selected = [
+            n for n, labels in _pod_labels(monitored).items()
+            if _selects(monitor["spec"]["selector"], labels)
+        ]  # fmt: skip
+        assert selected, f"PodMonitor {monitor['metadata']['name']} selects no pod"
+        for endpoint in monitor["spec"]["podMetricsEndpoints"]:
+            for name in selected:
+                ports = [
+                    p["name"] for c in _containers(_pod_spec(workloads[name]))
+                    for p in c.get("ports", [])
+                ]  # fmt: skip
+                assert ports.count(endpoint["port"]) == 1, (monitor["metadata"]["name"], name)
+    expected = set()
+    for name, workload in workloads.items():
+        for container in _containers(_pod_spec(workload)):
+            command = _riveg_command(container)
+            if command is not None:
+                expected.add((name, container["name"], METRICS_PORT_NAMES[command], "/metrics"))
+    expected |= {
+        (GATEWAY, "gateway", "http", "/metrics"),
+        ("rabbitmq", "rabbitmq", "prometheus", "/metrics/per-object"),
+    }
+    scraped = [(t["workload"], t["container"], t["endpoint"], t["path"]) for t in targets]
+    assert sorted(scraped) == sorted(expected), "each metrics endpoint scraped exactly once"
+    for target in targets:
+        peers = _peers(monitored, target["workload"], "Ingress", int(target["port"]))
+        assert MONITORING in peers, target
+
+
+def _rule_exprs(objs: list[Obj]) -> dict[str, str]:
+    """Every PrometheusRule expression: "<rule>/<alert or record>#<n>" -> PromQL."""
+    exprs = {}
+    for rule in _find(objs, "PrometheusRule"):
+        for group in rule["spec"]["groups"]:
+            for n, item in enumerate(group["rules"]):
+                name = item.get("alert") or item.get("record")
+                exprs[f"{rule['metadata']['name']}/{name}#{n}"] = str(item["expr"])
+    return exprs
+
+
+def _dashboard_exprs(dashboard: Obj) -> dict[str, str]:
+    """Every PromQL expression of the dashboard: its panels' targets and its query variables'
+    (label_values(EXPR, label)), with Grafana's interval variables put in."""
+    exprs = {}
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            exprs[f"panel {panel['id']} {target['refId']}"] = target["expr"]
+    for variable in dashboard["templating"]["list"]:
+        if variable["type"] == "query":
+            match = re.fullmatch(r"label_values\\((.+), *(\\w+)\\)", variable["query"]["query"])
+            assert match, variable["query"]
+            exprs[f"variable {variable['name']}"] = match.group(1)
+    for key, expr in exprs.items():
+        for name, value in GRAFANA_VARIABLES.items():
+            expr = expr.replace(name, value)
+        exprs[key] = expr
+    return exprs
+
+
+@cache
+def _code_metrics() -> dict[str, tuple[str, frozenset[str]]]:
+    """Series name -> (metric family, label names) of every Prometheus metric RiVEG defines (stage
+    servers, workers, gateway): counters as <family>_total, histograms as _bucket (with le), _sum
+    and _count, gauges as they are."""
+    from prometheus_client.metrics import MetricWrapperBase
+
+    import riveg.gateway.metrics
+    import riveg.orchestration.metrics
+    import riveg.serving.metrics
+
+    suffixes = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_sum", "_count")}
+    series = {}
+    modules = (riveg.serving.metrics, riveg.orchestration.metrics, riveg.gateway.metrics)
+    for collector in (c for m in modules for c in vars(m).values()):
+        if isinstance(collector, MetricWrapperBase):
+            (family,) = collector.describe()
+            labels = frozenset(collector._labelnames)
+            for suffix in suffixes[family.type]:
+                extra = {"le"} if suffix == "_bucket" else set()
+                series[family.name + suffix] = (family.name, labels | extra)
+    assert len(series) > 20, series
+    return series
+
+
+def _check_promql(where: str, expr: str) -> set[str]:
+    """Parse ``expr`` and check it against the code's metrics: every series exists, every label it
+    matches or groups by is one the series has (or Prometheus' target labels), bounded labels take
+    values the code gives them, histogram_quantile reads buckets by le. Its series names."""
+    promql = pytest.importorskip("promql_parser", reason=INSTALL_HINT)
+    try:
+        ast = promql.parse(expr)
+    except ValueError as exc:
+        pytest.fail(f"{where}: {exc}\\n{expr}")
+    known = {name: labels for name, (_, labels) in _code_metrics().items()} | EXTERNAL_METRICS
+    families = {name: family for name, (family, _) in _code_metrics().items()}
+    names: set[str] = set()
+
+    def selectors(node: Any) -> list[Any]:
+        found: list[Any] = []
+        promql.walk(
+            node, lambda n: found.append(n) if isinstance(n, promql.VectorSelector) else None
+        )
+        return found
+
+    def visit(node: Any) -> None:
+        if isinstance(node, promql.VectorSelector):
+            assert node.name in known, f"{where}: unknown series {node.name}"
+            names.add(node.name)
+            for matcher in node.matchers.matchers:
+                label = matcher.name
+                assert label in known[node.name] | TARGET_LABELS, f"{where}: {node.name} {label}"
+                values = LABEL_VALUES.get((families.get(node.name, ""), label))
+                exact = matcher.op in (promql.MatchOp.Equal, promql.MatchOp.NotEqual)
+                if values is not None and exact:
+                    assert matcher.value in values, f"{where}: {label}={matcher.value!r}"
+        elif isinstance(node, promql.AggregateExpr) and node.modifier is not None:
+            inner = selectors(node.expr)
+            have = set(TARGET_LABELS).union(*(known.get(s.name, set()) for s in inner))
+            missing = set(node.modifier.labels) - have
+            assert not missing, f"{where}: grouping by {missing}, which no series has"
+        elif isinstance(node, promql.Call) and node.func.name == "histogram_quantile":
+            inner = selectors(node.args[1])
+            assert inner and all(s.name.endswith("_bucket") for s in inner), where
+            grouped = node.args[1]
+            assert isinstance(grouped, promql.AggregateExpr), where
+            assert "le" in grouped.modifier.labels, f"{where}: buckets summed without le"
+
+    promql.walk(ast, visit)
+    return names
+
+
+def test_alert_rules(monitored: list[Obj]) -> None:
+    """Every rule parses and uses only series and labels that exist; the alerts of issue 19 are
+    there, each with a severity, a summary and a description; the stage alerts cover every stage,
+    their job and container matchers name real scrape targets, the queue alerts every RiVEG
+    queue; the backlog alert fires at 80 % of RIVEG_GATEWAY_MAX_BACKLOG."""
+    from riveg.orchestration.celery_app import QUEUES
+
+    (rule,) = _find(monitored, "PrometheusRule")
+    alerts = [r for g in rule["spec"]["groups"] for r in g["rules"]]
+    assert {a["alert"] for a in alerts} == ALERTS
+    for alert in alerts:
+        assert alert["labels"]["severity"] in {"warning", "critical"}, alert["alert"]
+        assert {"summary", "description"} <= set(alert["annotations"]), alert["alert"]
+    for where, expr in _rule_exprs(monitored).items():
+        _check_promql(where, expr)
+    promql = pytest.importorskip("promql_parser", reason=INSTALL_HINT)
+    targets = _targets(monitored)
+
+    def matchers(expr: str, series: str) -> list[Any]:
+        found: list[Any] = []
+        promql.walk(
+            promql.parse(expr),
+            lambda n: (
+                found.extend(n.matchers.matchers)
+                if isinstance(n, promql.VectorSelector) and n.name == series
+                else None
+            ),
+        )
+        return found
+
+    down = [a for a in alerts if a["alert"] == "RivegStageServerDown"]
+    assert sorted(a["labels"]["stage"] for a in down) == sorted(STAGES)
+    for alert in down:
+        wanted = {m.name: m.value for m in matchers(alert["expr"], "up")}
+        assert wanted == {"job": f"riveg-{alert['labels']['stage']}", "container": "server"}
+        hits = [t for t in targets if wanted.items() <= t.items()]
+        assert [t["endpoint"] for t in hits] == ["metrics"], alert["expr"]
+    (ready,) = [a for a in alerts if a["alert"] == "RivegStageNoReadyServer"]
+    (deployments,) = [
+        m.value for m in matchers(ready["expr"], "kube_deployment_status_replicas_available")
+    ]
+    for name in (o["metadata"]["name"] for o in _find(monitored, "Deployment")):
+        assert bool(re.fullmatch(deployments, name)) == (name in {f"riveg-{s}" for s in STAGES})
+    for name in ("RivegQueueGrowing", "RivegQueueWithoutConsumers"):
+        (alert,) = [a for a in alerts if a["alert"] == name]
+        for series in ("rabbitmq_queue_messages_ready",):
+            (queue,) = [m.value for m in matchers(alert["expr"], series) if m.name == "queue"]
+            for q in QUEUES:
+                assert re.fullmatch(queue, f"riveg.{q}"), (name, q)
+            assert not re.fullmatch(queue, "celery"), name
+    config = _one(monitored, "ConfigMap", _config_map_name(monitored, "riveg-config"))["data"]
+    (backlog,) = [a for a in alerts if a["alert"] == "RivegGatewayBacklogHigh"]
+    threshold = float(re.search(r">\\s*([0-9.]+)\\s*$", backlog["expr"]).group(1))
+    assert threshold == 0.8 * int(config["RIVEG_GATEWAY_MAX_BACKLOG"])
+
+
+def _overlaps(a: Obj, b: Obj) -> bool:
+    return (
+        a["x"] < b["x"] + b["w"]
+        and b["x"] < a["x"] + a["w"]
+        and a["y"] < b["y"] + b["h"]
+        and b["y"] < a["y"] + a["h"]
+    )
+
+
+def test_grafana_dashboard() -> None:
+    """dashboards/riveg.json is a Grafana dashboard (schemaVersion, uid, panels on a 24-column grid
+    without overlaps, each with Prometheus targets of the dashboard's data source variable); every
+    query parses and uses only series and labels that exist; the panels cover posts/s, post
+    latency, stage latency, rate, errors and calls in flight, queue depth, task retries and
+    failures, model versions and the gateway's requests, posts and backlog."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    assert isinstance(dashboard["schemaVersion"], int) and dashboard["schemaVersion"] >= 36
+    assert dashboard["uid"] and dashboard["title"] and "id" not in dashboard
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert (variables["datasource"]["type"], variables["datasource"]["query"]) == (
+        "datasource",
+        "prometheus",
+    )
+    source = {"type": "prometheus", "uid": "${datasource}"}
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids)), "panel ids are unique"
+    boxes = []
+    for panel in dashboard["panels"]:
+        grid = panel["gridPos"]
+        assert {"x", "y", "w", "h"} <= set(grid) and 0 <= grid["x"] < grid["x"] + grid["w"] <= 24
+        assert not [b for b in boxes if _overlaps(b, grid)], f"panel {panel['id']} overlaps"
+        boxes.append(grid)
+        if panel["type"] == "row":
+            continue
+        assert panel["type"] in {"timeseries", "table", "stat", "gauge", "bargauge"}, panel["id"]
+        assert panel["title"] and panel["datasource"] == source, panel["id"]
+        refs = [t["refId"] for t in panel["targets"]]
+        assert refs and len(refs) == len(set(refs)), panel["id"]
+        for target in panel["targets"]:
+            assert target["datasource"] == source and target["expr"], panel["id"]
+            for name in re.findall(r"\\$\\{?(\\w+)", target["expr"]):
+                assert name in variables or f"${name}" in GRAFANA_VARIABLES, name
+    used: set[str] = set()
+    for where, expr in _dashboard_exprs(dashboard).items():
+        used |= _check_promql(where, expr)
+    wanted = {
+        "riveg_posts_finished_total",
+        "riveg_post_duration_seconds_bucket",
+        "riveg_stage_request_duration_seconds_bucket",
+        "riveg_stage_requests_total",
+        "riveg_stage_in_flight_requests",
+        "riveg_stage_model_info",
+        "riveg_tasks_total",
+        "rabbitmq_queue_messages_ready",
+        "riveg_gateway_requests_total",
+        "riveg_gateway_posts_total",
+        "riveg_gateway_backlog_jobs",
+    }
+    assert wanted <= used, wanted - used
+    (table,) = [p for p in dashboard["panels"] if p["type"] == "table"]
+    (target,) = table["targets"]
+    assert "riveg_stage_model_info" in target["expr"] and target["format"] == "table"
+    assert target["instant"] is True
+
+
+def test_tracing_component(objs: list[Obj], overlay: str) -> None:
+    """Tracing is off in the overlays; components/tracing turns it on (OTLP/HTTP to the collector)
+    and lets every RiVEG process, and nothing else, reach the collector's port."""
+    from urllib.parse import urlsplit
+
+    config = _one(objs, "ConfigMap", _config_map_name(objs, "riveg-config"))["data"]
+    assert config["RIVEG_TRACING_EXPORTER"] == "none"
+    traced = copy.deepcopy(list(_rendered_with(overlay, "tracing")))
+    config = _one(traced, "ConfigMap", _config_map_name(traced, "riveg-config"))["data"]
+    assert config["RIVEG_TRACING_EXPORTER"] == "otlp"
+    url = urlsplit(config["RIVEG_TRACING_ENDPOINT"])
+    assert url.scheme == "http" and url.path == "/v1/traces" and url.port == 4318
+    service, namespace = url.hostname.split(".")[:2]
+    policy = _one(traced, "NetworkPolicy", "riveg-tracing-egress")
+    (rule,) = policy["spec"]["egress"]
+    (peer,) = rule["to"]
+    assert peer["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": namespace}
+    collector = f"ns:{namespace}/app.kubernetes.io/name={service}"
+    for workload in _pod_labels(traced):
+        expected = {collector} if workload in WORKERS | {GATEWAY} else set()
+        assert _peers(traced, workload, "Egress", url.port) == expected, workload
+        assert _peers(objs, workload, "Egress", url.port) == set(), workload
+    kv = pytest.importorskip("kubernetes_validate", reason=INSTALL_HINT)
+    kv.validate(policy, K8S_VERSIONS[0], strict=True)
 
 
 # --- model versions: one place, one-line upgrade ---------------------------------------------

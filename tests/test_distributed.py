@@ -8,9 +8,11 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -24,6 +26,7 @@ from riveg.gateway.amqp import SCHEMAS
 from riveg.gateway.client import GatewayClient
 from riveg.orchestration.celery_app import STEP_QUEUES
 from riveg.orchestration.launcher import port_open
+from riveg.orchestration.notify import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 from riveg.orchestration.pipeline import submit_post
 from tests.conftest import SAMPLE_IMAGE
 from tests.support.otlp import OtlpReceiver
@@ -159,7 +162,24 @@ def test_gateway_amqp_intake_and_results_exchange(distributed, tmp_path: Path) -
     """`riveg gateway` with the broker: a post over HTTP and one over the AMQP intake both run
     on the distributed pipeline; each finished job is published to <prefix>.results; bad intake
     messages go to <prefix>.intake.dead with their reason."""
-    env = distributed["env"]
+    callbacks: list[tuple[dict, bytes]] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            callbacks.append(
+                (dict(self.headers), self.rfile.read(int(self.headers["Content-Length"])))
+            )
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    hook = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    # Only the gateway reaches out to callback receivers: the workers publish, it delivers.
+    env = {**distributed["env"], "RIVEG_GATEWAY_URL_HOSTS": "127.0.0.1",
+           "RIVEG_GATEWAY_CALLBACK_SECRET": "dist-secret"}  # fmt: skip
     prefix = env["RIVEG_BROKER_QUEUE_PREFIX"]
     process, url = _start_gateway(env, tmp_path / "gateway.log")
     image = base64.b64encode(SAMPLE_IMAGE.read_bytes()).decode()
@@ -170,7 +190,8 @@ def test_gateway_amqp_intake_and_results_exchange(distributed, tmp_path: Path) -
                             durable=True), routing_key="job.#", exclusive=True)  # fmt: skip
             results.bind(connection.default_channel).declare()
             submitted = time.monotonic()
-            body = {"id": "dist-http", "text": POSTS[0][1], "image_b64": image}
+            body = {"id": "dist-http", "text": POSTS[0][1], "image_b64": image,
+                    "callback_url": f"http://127.0.0.1:{hook.server_address[1]}/hook"}  # fmt: skip
             response = httpx.post(f"{url}/v1/posts", json=body, timeout=30)
             assert response.status_code == 202, response.text
             producer = connection.Producer(serializer="json")
@@ -223,7 +244,16 @@ def test_gateway_amqp_intake_and_results_exchange(distributed, tmp_path: Path) -
             assert len(reasons) == 3, reasons
             assert any("exactly one of image_b64" in r for r in reasons), reasons
             assert sum("cannot decode" in r for r in reasons) == 2, reasons
+            deadline = time.monotonic() + 60
+            while not callbacks and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert len(callbacks) == 1, callbacks  # the HTTP post's; the AMQP one has none
+            headers, payload = callbacks[0]
+            assert verify("dist-secret", headers[TIMESTAMP_HEADER], payload,
+                          headers[SIGNATURE_HEADER])  # fmt: skip
+            assert json.loads(payload)["id"] == "dist-http"
     finally:
+        hook.shutdown()
         process.terminate()
         process.wait(timeout=60)
 
@@ -283,6 +313,21 @@ def test_one_post_moves_every_metric_by_exactly_its_share(distributed, otlp) -> 
                       outcome="success") == 1, step  # fmt: skip
         assert _delta(before[name], after[name], "riveg_task_duration_seconds_count",
                       task=step) == 1, step  # fmt: skip
+    # Each worker logs one JSON line as each of its steps starts and ends, with the same job id
+    # as the servers' lines.
+    for step, queue in STEP_QUEUES.items():
+        if step == "knowledge":
+            continue
+        lines = (Path(distributed["ready"]["logs"]) / f"worker-{queue}.log").read_text()
+        events = [json.loads(line) for line in lines.splitlines() if line.startswith("{")]
+        ours = [e for e in events if e.get("job_id") == result["job_id"]
+                and e.get("step") == step and e["event"].startswith("step ")]  # fmt: skip
+        assert [e["event"] for e in ours] == ["step started", "step done"], (step, ours)
+        assert (
+            ours[1]["post_id"] == "metrics-1" and ours[1]["outcome"] == "ok" and ours[1]["ms"] > 0
+        )
+    server_log = (Path(distributed["ready"]["logs"]) / "serve-mner.log").read_text()
+    assert f'"job_id": "{result["job_id"]}"' in server_log
     pipeline = "worker-pipeline"
     assert _delta(before[pipeline], after[pipeline], "riveg_posts_finished_total",
                   outcome="done") == 1  # fmt: skip

@@ -19,6 +19,7 @@ from typing import ClassVar
 import httpx
 import pytest
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from riveg.gateway.client import GatewayClient
 from riveg.orchestration.notify import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
@@ -382,3 +383,33 @@ def test_submit_status_and_result_commands(gateway) -> None:
     assert refused.stderr.strip().splitlines()[-1].startswith("Error: HTTP 401")
     missing = _riveg(gateway, "result", "no-such-job", "--no-wait")
     assert missing.returncode == 1 and "HTTP 404" in missing.stderr
+
+
+def _metric(gateway, name: str, **labels: str) -> float:
+    text = httpx.get(f"{gateway['url']}/metrics", timeout=10).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.value
+    return 0.0
+
+
+def test_metrics_count_requests_and_posts_by_outcome(gateway, client) -> None:
+    counters = [("riveg_gateway_posts_total", {"outcome": o})
+                for o in ("accepted", "duplicate", "refused")]  # fmt: skip
+    route = {"route": "/v1/posts", "method": "POST"}
+    before = [_metric(gateway, name, **labels) for name, labels in counters]
+    requests_before = {code: _metric(gateway, "riveg_gateway_requests_total", code=code, **route)
+                       for code in ("202", "200", "422")}  # fmt: skip
+    body = {"id": "gw-metrics", "text": "NASA", "image_b64": _b64(SAMPLE_IMAGE.read_bytes())}
+    job = _post(gateway, body).json()
+    _post(gateway, body)
+    _post(gateway, {"id": "gw-metrics-bad", "text": "NASA"})
+    after = [_metric(gateway, name, **labels) for name, labels in counters]
+    assert [a - b for a, b in zip(after, before, strict=True)] == [1, 1, 1]
+    for code in ("202", "200", "422"):
+        moved = _metric(gateway, "riveg_gateway_requests_total", code=code, **route)
+        assert moved - requests_before[code] == 1, code
+    assert _metric(gateway, "riveg_gateway_backlog_jobs") >= 0
+    client.wait(job["job_id"], timeout=120)
+    assert _metric(gateway, "riveg_gateway_backlog_jobs") == 0

@@ -13,11 +13,13 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from prometheus_client import REGISTRY
 
 from riveg.core.errors import InvalidInput
 from riveg.core.images import rle_to_mask
 from riveg.orchestration.jobs import MemoryJobStore, result_key
 from riveg.orchestration.pipeline import STEPS, submit_post
+from riveg.orchestration.runtime import Runtime, set_runtime
 from riveg.orchestration.tasks import PostError
 from tests.conftest import SAMPLE_IMAGE, SAMPLE_TEXT
 
@@ -70,8 +72,14 @@ def test_the_result_is_kept_in_the_object_store(cluster, sample_bytes) -> None:
 
 def test_result_keys_derive_from_any_post_id() -> None:
     assert result_key("kept") == "results/posts/kept.json"
-    assert result_key("a/../b c") == "results/posts/a%2F..%2Fb%20c.json"
     assert result_key("tweet@17_06_1") == "results/posts/tweet@17_06_1.json"
+    odd = ["a/../b c", "tweet 1", "2024/05/1", "café-1", "..", ".hidden", "x" * 300, "%41"]
+    keys = [result_key(post_id) for post_id in odd]
+    assert len(set(keys)) == len(odd)  # every id its own key
+    for key in keys:
+        name = key.removeprefix("results/posts/")
+        assert re.fullmatch(r"[A-Za-z0-9_@-][A-Za-z0-9._@~-]*\.json", name) and len(name) < 120, key
+    assert result_key("a/../b c").startswith("results/posts/a_.._b_c~")
 
 
 def test_knowledge_step_runs_when_asked(cluster, sample_bytes) -> None:
@@ -209,3 +217,31 @@ def test_image_id_reaches_the_describe_call(monkeypatch: pytest.MonkeyPatch) -> 
 class _Done:
     def apply(self) -> dict:
         return {}
+
+
+def test_more_entities_than_one_call_takes_go_in_several_calls(cluster, sample_bytes) -> None:
+    """With at most 2 entities per stage call, a post with more entities gets the same result
+    as in one call each (the stage servers refuse calls above their limit)."""
+    text = "Eileen Collins , Barack Obama and NASA met in Houston and Paris ."
+    whole = submit_post(cluster, text, sample_bytes, "whole").get()
+    assert len(whole["entities"]) > 2
+    settings = cluster.settings.model_copy(deep=True)
+    settings.limits.max_entities = 2
+    small = Runtime(settings, cluster.store, cluster.addrs)
+    labels = {"stage": "llm", "method": "Expand", "code": "OK"}
+    calls_before = REGISTRY.get_sample_value("riveg_stage_requests_total", labels) or 0
+    set_runtime(small)
+    try:
+        split = submit_post(small, text, sample_bytes, "split").get()
+    finally:
+        set_runtime(cluster)
+        small.close()
+    calls = REGISTRY.get_sample_value("riveg_stage_requests_total", labels) - calls_before
+    assert calls == (len(whole["entities"]) + 1) // 2
+    assert [e["expansion"] for e in split["entities"]] == [
+        e["expansion"] for e in whole["entities"]
+    ]
+    keys = ("text", "type", "groundable", "box")
+    assert [[e[k] for k in keys] for e in split["entities"]] == [
+        [e[k] for k in keys] for e in whole["entities"]
+    ]

@@ -206,6 +206,9 @@ class GatewaySettings(Section):
         description="largest request body, in bytes (413 above; base64 makes images 4/3 larger)",
     )
     workers: int = Field(2, gt=0, description="posts run at once in embedded mode (no broker)")
+    max_concurrency: int = Field(
+        32, gt=0, description="requests handled at once; more get 503 (bounds memory: bodies)"
+    )
     url_hosts: str = Field(
         "",
         description="hosts `image_url` and `callback_url` may name (comma-separated, "

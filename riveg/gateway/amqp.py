@@ -22,6 +22,7 @@ from kombu.mixins import ConsumerMixin
 from riveg.core.config import Settings
 from riveg.core.logging import get_logger
 from riveg.gateway.intake import Intake, PostIn, Refused
+from riveg.orchestration.notify import results_exchange, send_callback
 
 log = get_logger("riveg.intake")
 SCHEMAS = Path(__file__).with_name("schemas")
@@ -157,10 +158,42 @@ class IntakeConsumer(ConsumerMixin):
         log.warning("intake message dead-lettered", reason=reason)
 
 
-def start_intake(settings: Settings, intake: Intake) -> tuple[IntakeConsumer, threading.Thread]:
-    """Consume the intake queue on a daemon thread; stop with ``consumer.should_stop = True``."""
-    connection = Connection(settings.broker.url.get_secret_value())  # type: ignore[union-attr]
-    consumer = IntakeConsumer(connection, intake)
-    thread = threading.Thread(target=consumer.run, name="riveg-intake", daemon=True)
-    thread.start()
-    return consumer, thread
+class CallbackConsumer(ConsumerMixin):
+    """Delivers the callbacks of finished jobs: reads the results exchange through the durable
+    queue ``<queue_prefix>.callbacks`` (shared by the gateway replicas, so each callback is sent
+    by one of them) and acknowledges a job once its callback was delivered or given up."""
+
+    def __init__(self, connection: Connection, intake: Intake) -> None:
+        self.connection = connection
+        self.intake = intake
+        settings = intake.settings
+        self.queue = Queue(f"{settings.broker.queue_prefix}.callbacks", results_exchange(settings),
+                           routing_key="job.#", durable=True)  # fmt: skip
+
+    def get_consumers(self, consumer_class: Any, channel: Any) -> list[Any]:
+        return [consumer_class(queues=[self.queue], callbacks=[self.on_message],
+                               accept=["json"], prefetch_count=1)]  # fmt: skip
+
+    def on_message(self, body: Any, message: Message) -> None:
+        """Send the job's callback (when it has one), then acknowledge."""
+        record = self.intake.runtime.jobs.get(str(body.get("job_id", ""))) or {}
+        if record.get("callback_url"):
+            send_callback(self.intake.settings, record, body)
+        message.ack()
+
+    def on_decode_error(self, message: Message, exc: Exception) -> None:
+        log.error("undecodable message on the results exchange", error=str(exc))
+        message.ack()
+
+
+def start_consumers(settings: Settings, intake: Intake, take_posts: bool) -> list[ConsumerMixin]:
+    """The callback sender and (when ``take_posts``) the intake, each on a daemon thread;
+    stop them with ``consumer.should_stop = True``."""
+    url = settings.broker.url.get_secret_value()  # type: ignore[union-attr]
+    consumers: list[ConsumerMixin] = [CallbackConsumer(Connection(url), intake)]
+    if take_posts:
+        consumers.append(IntakeConsumer(Connection(url), intake))
+    for consumer in consumers:
+        name = f"riveg-{type(consumer).__name__}"
+        threading.Thread(target=consumer.run, name=name, daemon=True).start()
+    return consumers

@@ -18,8 +18,9 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import make_asgi_app
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from riveg import __version__
@@ -214,7 +215,12 @@ def create_app(settings: Settings, intake: Intake, ready_checks: dict[str, Any])
             )
 
     metrics.BACKLOG.set_function(intake.runtime.jobs.backlog)
-    app.mount("/metrics", make_asgi_app())
+
+    @app.get("/metrics", tags=["health"], response_class=Response,
+             responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})  # fmt: skip
+    def prometheus_metrics() -> Response:
+        """This process' Prometheus metrics (text exposition format)."""
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     @app.middleware("http")
     async def count_requests(request: Request, call_next: Any) -> Response:
@@ -292,9 +298,11 @@ def create_app(settings: Settings, intake: Intake, ready_checks: dict[str, Any])
         """Submit a post; 202 with its job (and ``Location``), or 200 with the job its id (or
         ``Idempotency-Key``) started before."""
         post, image_file = await _post_in(request)
-        accepted = intake.accept(post, image_file, idempotency_key)
+        # Blocking work (image download, store, job records, broker) runs on the thread pool,
+        # so that other requests and the health checks are answered meanwhile.
+        accepted = await run_in_threadpool(intake.accept, post, image_file, idempotency_key)
         metrics.POSTS.labels("accepted" if accepted.created else "duplicate").inc()
-        job = intake.job(accepted.record)
+        job = await run_in_threadpool(intake.job, accepted.record)
         location = f"/v1/jobs/{job['job_id']}"
         return JSONResponse(job, 202 if accepted.created else 200, {"Location": location})
 

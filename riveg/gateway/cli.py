@@ -17,7 +17,7 @@ from riveg.core.config import Settings
 from riveg.core.logging import get_logger
 from riveg.core.network import is_loopback_host
 from riveg.core.observability import setup_tracing
-from riveg.gateway.amqp import start_intake
+from riveg.gateway.amqp import start_consumers
 from riveg.gateway.app import create_app, load_api_keys, with_body_limit
 from riveg.gateway.client import GatewayClient, GatewayError
 from riveg.gateway.intake import Intake
@@ -85,10 +85,10 @@ def gateway(
             mode=mode,
             api_keys=settings.gateway.api_keys_file is not None,
         )
-        consumer = None
-        if intake_queue and not settings.embedded:
-            consumer, _ = start_intake(settings, intake)
-            log.info("taking posts from the AMQP intake", queue=consumer.queue.name)
+        consumers = []
+        if not settings.embedded:
+            consumers = start_consumers(settings, intake, take_posts=intake_queue)
+            log.info("consuming", queues=[c.queue.name for c in consumers])
         try:
             uvicorn.run(
                 app,
@@ -96,10 +96,11 @@ def gateway(
                 port=settings.gateway.port,
                 log_config=None,
                 access_log=False,
+                limit_concurrency=settings.gateway.max_concurrency,
                 timeout_graceful_shutdown=30,
             )
         finally:
-            if consumer is not None:
+            for consumer in consumers:
                 consumer.should_stop = True
             intake.close()
 

@@ -68,6 +68,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_extended": True,
         "broker_connection_retry_on_startup": True,
         "worker_hijack_root_logger": False,
+        # Our log handler writes to stderr: redirected into Celery's logger, every line of the
+        # tasks was lost (the worker logged its banner and nothing else).
+        "worker_redirect_stdouts": False,
     }
     if settings.embedded:
         config.update(

@@ -172,9 +172,13 @@ def analyze(
     """Find, type, ground and segment the named entities of one post."""
     settings = cli_settings(config_file, broker_url=broker_url)
     setup_tracing(settings, "riveg-analyze")
+    limits = settings.limits
     try:  # refused before any model is loaded or anything is uploaded
-        check_text(text, settings.limits.max_text_chars)
-        image_bytes = read_image_file(Path(image_path), settings.limits)
+        check_text(text, limits.max_text_chars)
+        image_bytes = read_image_file(Path(image_path), limits)
+        # Decoded once here too (bounded by the limits): a damaged file fails before loading.
+        decode_image(image_bytes, max_bytes=limits.max_image_bytes,
+                     max_pixels=limits.max_image_pixels).close()  # fmt: skip
     except InvalidInput as exc:
         raise click.ClickException(str(exc)) from None
     started = time.perf_counter()
@@ -184,6 +188,8 @@ def analyze(
             result = submission.get(timeout)
         except (PostError, InvalidInput, StageCallError) as exc:
             raise click.ClickException(str(exc)) from exc
+        except Exception as exc:  # the store, the broker, the result backend: one line
+            raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
     log.info("analyzed", wall_s=round(time.perf_counter() - started, 2))
     if out_dir:
         png = write_overlay(result, image_bytes, Path(out_dir), settings.limits)
@@ -216,8 +222,20 @@ def read_batch_lines(lines: Iterable[bytes]) -> Iterator[BatchEntry]:
         except RecursionError:
             yield number, None, f"line {number}: not JSON (nested too deeply)"
             continue
-        if not isinstance(post, dict) or not isinstance(post.get("text"), str):
-            yield number, None, f"line {number}: expected an object with 'text' and 'image'"
+        if not isinstance(post, dict):
+            kind = type(post).__name__
+            yield (
+                number,
+                None,
+                f"line {number}: expected an object with 'text' and 'image' (got {kind})",
+            )
+            continue
+        if "text" not in post:
+            yield number, None, f"line {number}: the post has no 'text'"
+            continue
+        if not isinstance(post["text"], str):
+            kind = type(post["text"]).__name__
+            yield number, None, f"line {number}: 'text' must be a string (got {kind})"
             continue
         post.setdefault("id", f"line-{number}")
         post["id"] = str(post["id"])

@@ -13,13 +13,14 @@ worker.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
+import re
 import threading
 import time
 from abc import ABC, abstractmethod
 from collections import deque
 from typing import Any
-from urllib.parse import quote
 
 import redis
 
@@ -35,9 +36,18 @@ def now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
 
 
+SAFE_ID = re.compile(r"[A-Za-z0-9_@-][A-Za-z0-9._@-]{0,199}")
+
+
 def result_key(post_id: str) -> str:
-    """The object key of a post's result, derived from its id (readable, any id is safe)."""
-    return f"results/posts/{quote(post_id, safe='-_.@')}.json"
+    """The object key of a post's result, derived from its id: the id itself when it is made of
+    letters, digits and ``._@-`` (the usual tweet ids); otherwise those characters of it with a
+    digest of the whole id, so that every id has its own key and no key needs escaping."""
+    if SAFE_ID.fullmatch(post_id):
+        return f"results/posts/{post_id}.json"
+    readable = re.sub(r"[^A-Za-z0-9._@-]+", "_", post_id)[:80].lstrip(".")
+    digest = hashlib.sha256(post_id.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return f"results/posts/{readable or 'id'}~{digest}.json"
 
 
 def new_record(

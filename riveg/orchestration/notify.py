@@ -4,7 +4,8 @@ The callback is a POST of the job (with the result, or the error) to the post's
 ``callback_url``, signed ``X-Riveg-Signature: sha256=<HMAC-SHA256 of timestamp + "." + body>``
 with ``RIVEG_GATEWAY_CALLBACK_SECRET`` and retried with exponential backoff (tenacity). With a
 broker, the same document is published to the topic exchange ``<queue_prefix>.results`` with
-the routing key ``job.done`` or ``job.failed``, for downstream consumers to bind to.
+the routing key ``job.done`` or ``job.failed``, for downstream consumers to bind to; the
+gateways consume it (queue ``<queue_prefix>.callbacks``) and deliver the callbacks.
 Deliveries run on a small thread pool so that the step that ended the job is not held up.
 """
 
@@ -110,20 +111,29 @@ def job_document(record: Record, result: dict[str, Any] | None) -> dict[str, Any
     return document
 
 
-def _notify(settings: Settings, record: Record, result: dict[str, Any] | None) -> None:
-    document = job_document(record, result)
-    if not settings.embedded:
-        try:
-            publish_outcome(settings, document)
-        except Exception as exc:  # the result is stored either way; say so and go on
-            log.error("publishing the outcome failed", job_id=record["job_id"], error=str(exc))
+def send_callback(settings: Settings, record: Record, document: dict[str, Any]) -> None:
+    """Deliver the job's callback, if it has one; a failure is logged, never raised."""
     url = record.get("callback_url")
-    if url:
-        try:
-            code = deliver_callback(url, document, settings)
-            log.info("callback delivered", job_id=record["job_id"], status=code)
-        except (InvalidInput, httpx.HTTPError) as exc:
-            log.error("callback failed", job_id=record["job_id"], error=str(exc))
+    if not url:
+        return
+    try:
+        code = deliver_callback(url, document, settings)
+        log.info("callback delivered", job_id=record["job_id"], status=code)
+    except (InvalidInput, httpx.HTTPError) as exc:
+        log.error("callback failed", job_id=record["job_id"], error=str(exc))
+
+
+def _notify(settings: Settings, record: Record, result: dict[str, Any] | None) -> None:
+    """Embedded: deliver the callback from here. With a broker: publish the outcome; the
+    gateways consume it and deliver the callbacks (only they reach out to the web)."""
+    document = job_document(record, result)
+    if settings.embedded:
+        send_callback(settings, record, document)
+        return
+    try:
+        publish_outcome(settings, document)
+    except Exception as exc:  # the result is stored either way; say so and go on
+        log.error("publishing the outcome failed", job_id=record["job_id"], error=str(exc))
 
 
 def _seconds_between(start: str, end: str) -> float:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import structlog
@@ -190,71 +190,75 @@ def mner(state: State, runtime: Runtime) -> None:
     state.setdefault("models", {})["mner"] = reply.model
 
 
+def _batches(items: list[Any], runtime: Runtime) -> Iterator[tuple[int, list[Any]]]:
+    """(offset, slice) of at most ``max_entities`` items: a post with more entities than one
+    stage call may carry is sent in several calls."""
+    size = runtime.settings.limits.max_entities
+    for offset in range(0, len(items), size):
+        yield offset, items[offset : offset + size]
+
+
 @pipeline_step("expand")
 def expand(state: State, runtime: Runtime) -> None:
     """A referring expression ``Entity(TYPE)-description`` for every entity."""
-    if not state["entities"]:
-        return
-    request = llm_pb2.ExpandRequest(
-        text=state["text"],
-        entities=[entity_to_proto(e) for e in state["entities"]],
-        knowledge=state.get("knowledge") or "",
-    )
-    reply = runtime.client("llm").call("Expand", request, _job(state))
-    for entity, message in zip(state["entities"], reply.entities, strict=True):
-        entity["expression"] = message.expression
-    state.setdefault("models", {})["llm"] = reply.model
+    for _, batch in _batches(state["entities"], runtime):
+        request = llm_pb2.ExpandRequest(
+            text=state["text"],
+            entities=[entity_to_proto(e) for e in batch],
+            knowledge=state.get("knowledge") or "",
+        )
+        reply = runtime.client("llm").call("Expand", request, _job(state))
+        for entity, message in zip(batch, reply.entities, strict=True):
+            entity["expression"] = message.expression
+        state.setdefault("models", {})["llm"] = reply.model
 
 
 @pipeline_step("ve")
 def ve(state: State, runtime: Runtime) -> None:
-    """Visual entailment of every entity against the image, in one batch."""
-    if not state["entities"]:
-        return
-    request = ve_pb2.EntailRequest(
-        image=_image(state), entities=[entity_to_proto(e) for e in state["entities"]]
-    )
-    reply = runtime.client("ve").call("Entail", request, _job(state))
-    for entity, result in zip(state["entities"], reply.results, strict=True):
-        entity["groundable"] = result.groundable
-        entity["ve_score"] = round(float(result.score), 4)
-    state.setdefault("models", {})["ve"] = reply.model
+    """Visual entailment of every entity against the image, in one batch per call."""
+    for _, batch in _batches(state["entities"], runtime):
+        request = ve_pb2.EntailRequest(
+            image=_image(state), entities=[entity_to_proto(e) for e in batch]
+        )
+        reply = runtime.client("ve").call("Entail", request, _job(state))
+        for entity, result in zip(batch, reply.results, strict=True):
+            entity["groundable"] = result.groundable
+            entity["ve_score"] = round(float(result.score), 4)
+        state.setdefault("models", {})["ve"] = reply.model
 
 
 @pipeline_step("vg")
 def vg(state: State, runtime: Runtime) -> None:
-    """A box for every groundable entity, in one batch."""
+    """A box for every groundable entity, in one batch per call."""
     visible = [e for e in state["entities"] if e.get("groundable")]
     for entity in state["entities"]:
         entity["box"] = None
-    if not visible:
-        return
-    request = vg_pb2.GroundRequest(
-        image=_image(state), entities=[entity_to_proto(e) for e in visible]
-    )
-    reply = runtime.client("vg").call("Ground", request, _job(state))
-    for entity, result in zip(visible, reply.results, strict=True):
-        entity["box"] = box_from_proto(result.box) if result.found else None
-    state.setdefault("models", {})["vg"] = reply.model
+    for _, batch in _batches(visible, runtime):
+        request = vg_pb2.GroundRequest(
+            image=_image(state), entities=[entity_to_proto(e) for e in batch]
+        )
+        reply = runtime.client("vg").call("Ground", request, _job(state))
+        for entity, result in zip(batch, reply.results, strict=True):
+            entity["box"] = box_from_proto(result.box) if result.found else None
+        state.setdefault("models", {})["vg"] = reply.model
 
 
 @pipeline_step("seg")
 def seg(state: State, runtime: Runtime) -> None:
-    """A mask (a PNG in the store) for every box, in one batch."""
+    """A mask (a PNG in the store) for every box, in one batch per call."""
     boxed = [e for e in state["entities"] if e.get("box")]
     for entity in state["entities"]:
         entity["mask_key"] = None
-    if not boxed:
-        return
-    request = seg_pb2.SegmentRequest(
-        image=_image(state),
-        boxes=[box_to_proto(e["box"]) for e in boxed],
-        output_prefix=f"masks/{_job(state)}",
-    )
-    reply = runtime.client("seg").call("Segment", request, _job(state))
-    for entity, mask in zip(boxed, reply.masks, strict=True):
-        entity["mask_key"] = mask.png_key
-    state.setdefault("models", {})["seg"] = reply.model
+    for offset, batch in _batches(boxed, runtime):
+        request = seg_pb2.SegmentRequest(
+            image=_image(state),
+            boxes=[box_to_proto(e["box"]) for e in batch],
+            output_prefix=f"masks/{_job(state)}" + (f"/{offset}" if offset else ""),
+        )
+        reply = runtime.client("seg").call("Segment", request, _job(state))
+        for entity, mask in zip(batch, reply.masks, strict=True):
+            entity["mask_key"] = mask.png_key
+        state.setdefault("models", {})["seg"] = reply.model
 
 
 RESULT_ENTITY_KEYS = ("text", "start", "end", "type")

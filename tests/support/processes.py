@@ -101,11 +101,13 @@ def delete_queues(broker_url: str, prefix: str) -> None:
 
 
 def delete_job_records(redis_url: str, prefix: str) -> None:
-    """Delete the job records the pipeline kept in Redis for the queue prefix ``prefix``."""
+    """Delete the job records the pipeline kept in Redis for the queue prefix ``prefix`` and
+    Celery's task results: ``redis_url`` must name a database of the caller's own."""
     client = redis.Redis.from_url(redis_url)
     try:
-        keys = list(client.scan_iter(match=f"riveg-jobs:{prefix}:*", count=500))
-        if keys:
-            client.delete(*keys)
+        for pattern in (f"riveg-jobs:{prefix}:*", "celery-task-meta-*"):
+            keys = list(client.scan_iter(match=pattern, count=500))
+            if keys:
+                client.delete(*keys)
     finally:
         client.close()
