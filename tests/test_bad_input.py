@@ -461,8 +461,9 @@ def test_batch_command_with_every_kind_of_bad_post(images_tree: Path, tmp_path: 
     assert records["good"]["entities"]
     assert any(e["text"].endswith("Eileen Collins") for e in records["good"]["entities"])
     assert "entities" in records["gray16"]
-    uploaded = sorted(p.name for p in (store / "images").iterdir())
-    assert len(uploaded) == 2  # only the two good posts' images were uploaded
+    uploaded = sorted(p.name for p in (store / "images" / "sha256").iterdir())
+    assert len(uploaded) == 2  # only the two good posts' images were uploaded (by content)
+    assert [p.name for p in (store / "images").iterdir()] == ["sha256"]
 
 
 @pytest.mark.slow

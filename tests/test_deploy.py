@@ -741,7 +741,7 @@ def test_llm_api_egress_component(tmp_path: Path) -> None:
 
 def test_autoscaling(objs: list[Obj], overlay: str) -> None:
     """Each Deployment has exactly one autoscaler; KEDA scales a worker on its own queue's length
-    and the gateway on its request load (CPU, until it has a metrics endpoint); the gateway keeps
+    and the gateway on its request load (CPU, which needs no Prometheus); the gateway keeps
     two replicas at least (its PDB lets one go)."""
     scaled = _find(objs, "ScaledObject")
     hpas = _find(objs, "HorizontalPodAutoscaler")
@@ -1377,9 +1377,9 @@ def _rendered_with(overlay: str, *components: str) -> tuple[Obj, ...]:
         shutil.copytree(DEPLOY, copied)
         kustomization = copied / "overlays" / overlay / "kustomization.yaml"
         text = kustomization.read_text()
-        anchor = re.search(r"^components:\\n  - \\S+\\n", text, re.M)
+        anchor = re.search(r"^components:\n  - \S+\n", text, re.M)
         assert anchor, f"{overlay}: no components list"
-        added = "".join(f"  - ../../components/{c}\\n" for c in components)
+        added = "".join(f"  - ../../components/{c}\n" for c in components)
         kustomization.write_text(text[: anchor.end()] + added + text[anchor.end() :])
         return tuple(_render(kustomization.parent))
 
@@ -1490,7 +1490,7 @@ def test_monitoring_schemas(monitored: list[Obj]) -> None:
         if o["kind"] in MONITORING_KINDS
         for e in _monitoring_validator(o["kind"]).iter_errors(o)
     ]
-    assert not errors, "\\n".join(errors)
+    assert not errors, "\n".join(errors)
 
 
 def test_monitoring_validation_is_strict() -> None:
@@ -1520,15 +1520,17 @@ def _targets(objs: list[Obj]) -> list[dict[str, str]]:
                         if port["name"] != endpoint["port"]:
                             continue
                         job = labels.get(spec.get("jobLabel", ""))
-                        targets.append({
-                            "job": job or f"{namespace}/{monitor['metadata']['name']}",
-                            "namespace": namespace,
-                            "container": container["name"],
-                            "endpoint": port["name"],
-                            "workload": name,
-                            "port": str(port["containerPort"]),
-                            "path": endpoint.get("path", "/metrics"),
-                        })  # fmt: skip
+                        targets.append(
+                            {
+                                "job": job or f"{namespace}/{monitor['metadata']['name']}",
+                                "namespace": namespace,
+                                "container": container["name"],
+                                "endpoint": port["name"],
+                                "workload": name,
+                                "port": str(port["containerPort"]),
+                                "path": endpoint.get("path", "/metrics"),
+                            }
+                        )
     return targets
 
 
@@ -1540,16 +1542,18 @@ def test_pod_monitors_scrape_every_process(monitored: list[Obj]) -> None:
     targets = _targets(monitored)
     for monitor in _find(monitored, "PodMonitor"):
         selected = [
-            n for n, labels in _pod_labels(monitored).items()
+            n
+            for n, labels in _pod_labels(monitored).items()
             if _selects(monitor["spec"]["selector"], labels)
-        ]  # fmt: skip
+        ]
         assert selected, f"PodMonitor {monitor['metadata']['name']} selects no pod"
         for endpoint in monitor["spec"]["podMetricsEndpoints"]:
             for name in selected:
                 ports = [
-                    p["name"] for c in _containers(_pod_spec(workloads[name]))
+                    p["name"]
+                    for c in _containers(_pod_spec(workloads[name]))
                     for p in c.get("ports", [])
-                ]  # fmt: skip
+                ]
                 assert ports.count(endpoint["port"]) == 1, (monitor["metadata"]["name"], name)
     expected = set()
     for name, workload in workloads.items():
@@ -1588,7 +1592,7 @@ def _dashboard_exprs(dashboard: Obj) -> dict[str, str]:
             exprs[f"panel {panel['id']} {target['refId']}"] = target["expr"]
     for variable in dashboard["templating"]["list"]:
         if variable["type"] == "query":
-            match = re.fullmatch(r"label_values\\((.+), *(\\w+)\\)", variable["query"]["query"])
+            match = re.fullmatch(r"label_values\((.+), *(\w+)\)", variable["query"]["query"])
             assert match, variable["query"]
             exprs[f"variable {variable['name']}"] = match.group(1)
     for key, expr in exprs.items():
@@ -1631,7 +1635,7 @@ def _check_promql(where: str, expr: str) -> set[str]:
     try:
         ast = promql.parse(expr)
     except ValueError as exc:
-        pytest.fail(f"{where}: {exc}\\n{expr}")
+        pytest.fail(f"{where}: {exc}\n{expr}")
     known = {name: labels for name, (_, labels) in _code_metrics().items()} | EXTERNAL_METRICS
     families = {name: family for name, (family, _) in _code_metrics().items()}
     names: set[str] = set()
@@ -1643,18 +1647,19 @@ def _check_promql(where: str, expr: str) -> set[str]:
         )
         return found
 
+    for node in selectors(ast):
+        assert node.name in known, f"{where}: unknown series {node.name}"
+        names.add(node.name)
+        for matcher in node.matchers.matchers:
+            label = matcher.name
+            assert label in known[node.name] | TARGET_LABELS, f"{where}: {node.name} {label}"
+            values = LABEL_VALUES.get((families.get(node.name, ""), label))
+            exact = matcher.op in (promql.MatchOp.Equal, promql.MatchOp.NotEqual)
+            if values is not None and exact:
+                assert matcher.value in values, f"{where}: {label}={matcher.value!r}"
+
     def visit(node: Any) -> None:
-        if isinstance(node, promql.VectorSelector):
-            assert node.name in known, f"{where}: unknown series {node.name}"
-            names.add(node.name)
-            for matcher in node.matchers.matchers:
-                label = matcher.name
-                assert label in known[node.name] | TARGET_LABELS, f"{where}: {node.name} {label}"
-                values = LABEL_VALUES.get((families.get(node.name, ""), label))
-                exact = matcher.op in (promql.MatchOp.Equal, promql.MatchOp.NotEqual)
-                if values is not None and exact:
-                    assert matcher.value in values, f"{where}: {label}={matcher.value!r}"
-        elif isinstance(node, promql.AggregateExpr) and node.modifier is not None:
+        if isinstance(node, promql.AggregateExpr) and node.modifier is not None:
             inner = selectors(node.expr)
             have = set(TARGET_LABELS).union(*(known.get(s.name, set()) for s in inner))
             missing = set(node.modifier.labels) - have
@@ -1675,7 +1680,7 @@ def test_alert_rules(monitored: list[Obj]) -> None:
     there, each with a severity, a summary and a description; the stage alerts cover every stage,
     their job and container matchers name real scrape targets, the queue alerts every RiVEG
     queue; the backlog alert fires at 80 % of RIVEG_GATEWAY_MAX_BACKLOG."""
-    from riveg.orchestration.celery_app import QUEUES
+    from riveg.core.stages import QUEUES
 
     (rule,) = _find(monitored, "PrometheusRule")
     alerts = [r for g in rule["spec"]["groups"] for r in g["rules"]]
@@ -1715,14 +1720,15 @@ def test_alert_rules(monitored: list[Obj]) -> None:
         assert bool(re.fullmatch(deployments, name)) == (name in {f"riveg-{s}" for s in STAGES})
     for name in ("RivegQueueGrowing", "RivegQueueWithoutConsumers"):
         (alert,) = [a for a in alerts if a["alert"] == name]
-        for series in ("rabbitmq_queue_messages_ready",):
-            (queue,) = [m.value for m in matchers(alert["expr"], series) if m.name == "queue"]
-            for q in QUEUES:
-                assert re.fullmatch(queue, f"riveg.{q}"), (name, q)
-            assert not re.fullmatch(queue, "celery"), name
+        series = [s for s in EXTERNAL_METRICS if s.startswith("rabbitmq_")]
+        queues = [m.value for s in series for m in matchers(alert["expr"], s) if m.name == "queue"]
+        assert queues, name
+        for queue in queues:
+            assert all(re.fullmatch(queue, f"riveg.{q}") for q in QUEUES), (name, queue)
+            assert not re.fullmatch(queue, "celery"), (name, queue)
     config = _one(monitored, "ConfigMap", _config_map_name(monitored, "riveg-config"))["data"]
     (backlog,) = [a for a in alerts if a["alert"] == "RivegGatewayBacklogHigh"]
-    threshold = float(re.search(r">\\s*([0-9.]+)\\s*$", backlog["expr"]).group(1))
+    threshold = float(re.search(r">\s*([0-9.]+)\s*$", backlog["expr"]).group(1))
     assert threshold == 0.8 * int(config["RIVEG_GATEWAY_MAX_BACKLOG"])
 
 
@@ -1766,7 +1772,7 @@ def test_grafana_dashboard() -> None:
         assert refs and len(refs) == len(set(refs)), panel["id"]
         for target in panel["targets"]:
             assert target["datasource"] == source and target["expr"], panel["id"]
-            for name in re.findall(r"\\$\\{?(\\w+)", target["expr"]):
+            for name in re.findall(r"\$\{?(\w+)", target["expr"]):
                 assert name in variables or f"${name}" in GRAFANA_VARIABLES, name
     used: set[str] = set()
     for where, expr in _dashboard_exprs(dashboard).items():

@@ -30,6 +30,7 @@ from riveg.core.config import Settings, load_settings
 from riveg.core.stages import STAGES
 from riveg.core.storage import LocalObjectStore
 from riveg.orchestration.celery_app import app, configure_app
+from riveg.orchestration.jobs import MemoryJobStore
 from riveg.orchestration.launcher import port_open
 from riveg.orchestration.pipeline import submit_post
 from riveg.orchestration.runtime import Runtime
@@ -389,10 +390,14 @@ def _hand_made_state() -> dict[str, Any]:
             "entities": [], "models": {}, "timings_ms": {}}  # fmt: skip
 
 
-def _runtime_with(monkeypatch: pytest.MonkeyPatch, client: _FailingClient, retries: int) -> None:
+def _runtime_with(
+    monkeypatch: pytest.MonkeyPatch, client: _FailingClient, retries: int
+) -> SimpleNamespace:
     settings = load_settings(pipeline_max_retries=retries, store_kind="local")
-    fake = SimpleNamespace(settings=settings, store=None, client=lambda stage: client)
+    fake = SimpleNamespace(settings=settings, store=None, client=lambda stage: client,
+                           jobs=MemoryJobStore())  # fmt: skip
     monkeypatch.setattr("riveg.orchestration.runtime._runtime", fake)
+    return fake
 
 
 def test_transient_stage_errors_are_retried_max_retries_times(monkeypatch) -> None:
@@ -431,10 +436,12 @@ def test_a_refused_request_fails_the_post_at_once(monkeypatch) -> None:
     client = _FailingClient(
         StageInputError("mner", grpc.StatusCode.INVALID_ARGUMENT, "the post text is empty")
     )
-    _runtime_with(monkeypatch, client, retries=5)
+    fake = _runtime_with(monkeypatch, client, retries=5)
     with pytest.raises(PostError, match="the post text is empty"):
         TASKS["mner"].apply(args=[_hand_made_state()], throw=True)
     assert client.calls == 1
+    record = fake.jobs.get("job-eager")  # the job ended here, failed with the reason
+    assert record["status"] == "failed" and "the post text is empty" in record["error"]
 
 
 def test_embedded_mode_retries_a_transient_stage_error(

@@ -181,7 +181,7 @@ def test_server_interceptor_refuses_a_call_whose_deadline_passed_on_arrival() ->
         return grpc.unary_unary_rpc_method_handler(lambda request, context: ran.append(request))
 
     details = SimpleNamespace(method="/riveg.v1.LlmService/Expand", invocation_metadata=())
-    handler = _CallContextInterceptor().intercept_service(continuation, details)
+    handler = _CallContextInterceptor("vg").intercept_service(continuation, details)
     for remaining in (0.0, -0.5):
         late = _LateContext(remaining)
         with pytest.raises(grpc.RpcError):

@@ -5,11 +5,14 @@ probes of the stage servers (Kubernetes' native gRPC probes cannot speak TLS).
     riveg-healthcheck grpc [SERVICE]   the stage server on this machine answers SERVING for
                                        SERVICE (default "": the whole server)
     riveg-healthcheck worker           the broker named by $RIVEG_BROKER_URL accepts TCP connections
+    riveg-healthcheck http [PATH]      the gateway on this machine answers 200 on PATH (default
+                                       /healthz) at $RIVEG_GATEWAY_HOST:$RIVEG_GATEWAY_PORT
 
 The gRPC check connects the way the stage's worker does: the [grpc] settings from the
 environment (RIVEG_GRPC_PORT, _HOST, _TLS, _TLS_CA, _TLS_SERVER_NAME, _MTLS, _TLS_CLIENT_CERT,
 _TLS_CLIENT_KEY), so with TLS it verifies the server's certificate and, under mutual TLS,
-presents the client certificate. Exit status 0 means healthy, 1 unhealthy, 2 a usage error.
+presents the client certificate. The HTTP check is for Docker only: Kubernetes probes the
+gateway with httpGet. Exit status 0 means healthy, 1 unhealthy, 2 a usage error.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import urllib.error
+import urllib.request
 from urllib.parse import urlsplit
 
 TIMEOUT_S = 3.0
@@ -74,13 +79,33 @@ def check_worker() -> bool:
         return False
 
 
+def check_http(path: str = "/healthz") -> bool:
+    """The gateway answers 200 on ``path`` (plain HTTP; it binds [gateway] host and port)."""
+    host = os.environ.get("RIVEG_GATEWAY_HOST", "127.0.0.1")
+    host = "127.0.0.1" if host in ANY_ADDRESS else host
+    host = f"[{host}]" if ":" in host else host
+    port = os.environ.get("RIVEG_GATEWAY_PORT", "8080")
+    url = f"http://{host}:{port}/{path.lstrip('/')}"
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via a proxy
+    try:
+        with opener.open(url, timeout=TIMEOUT_S) as response:
+            return response.status == 200
+    except urllib.error.HTTPError as exc:
+        print(f"{url}: HTTP {exc.code}", file=sys.stderr)
+    except (OSError, ValueError) as exc:
+        print(f"{url} unreachable: {exc}", file=sys.stderr)
+    return False
+
+
 def main(argv: list[str]) -> int:
     """Run the named check."""
     if argv[:1] == ["grpc"] and len(argv) <= 2:
         return 0 if check_grpc(*argv[1:]) else 1
     if argv == ["worker"]:
         return 0 if check_worker() else 1
-    print("usage: riveg-healthcheck {grpc [SERVICE],worker}", file=sys.stderr)
+    if argv[:1] == ["http"] and len(argv) <= 2:
+        return 0 if check_http(*argv[1:]) else 1
+    print("usage: riveg-healthcheck {grpc [SERVICE],worker,http [PATH]}", file=sys.stderr)
     return 2
 
 

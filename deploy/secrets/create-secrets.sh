@@ -10,11 +10,16 @@
 #   riveg-grpc-client  kubernetes.io/tls: the workers' client certificate for mutual TLS
 #   riveg-minio-tls    kubernetes.io/tls: MinIO's certificate (S3 over HTTPS, gpu overlay)
 #   riveg-llm          RIVEG_LLM_API_KEY (openai LLM backend), only when riveg-llm.env exists
+#   riveg-gateway      api-keys (the gateway's API keys file: one `sha256:<hex digest>` per key),
+#                      RIVEG_GATEWAY_CALLBACK_SECRET (HMAC key signing the callbacks)
 #
 #   deploy/secrets/create-secrets.sh [NAMESPACE]     (default: riveg; dev overlay: riveg-dev)
 #
 # Credentials come from <dir>/<name>.env when present (git-ignored; start from the .env.example
 # next to it); otherwise random ones are generated. <dir> is this folder, or $RIVEG_SECRETS_DIR.
+# The gateway's API keys are stored hashed only: riveg-gateway.env may list plain keys (hashed
+# here) or `sha256:<hex>` digests (RIVEG_GATEWAY_API_KEYS, comma-separated); without any, one key
+# is generated and printed once, on stdout: hand it to the client, it is not kept anywhere.
 #
 # Certificates come from <dir>/tls/ when it holds ca.crt, server.crt, server.key, client.crt,
 # client.key, minio.crt and minio.key (your own PKI; PEM). Otherwise a new CA is made with
@@ -39,6 +44,18 @@ trap 'rm -rf "$tmp"' EXIT
 umask 077
 
 random() { openssl rand -hex 24 2>/dev/null || python3 -c 'import secrets; print(secrets.token_hex(24))'; }
+
+sha256() { # the SHA-256 hex digest of $1 (no newline added)
+    if command -v openssl >/dev/null 2>&1; then
+        printf '%s' "$1" | openssl dgst -sha256 -r | cut -d' ' -f1
+    else
+        printf '%s' "$1" | python3 -c 'import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())'
+    fi
+}
+
+env_value() { # FILE KEY: the value of KEY= in an env file (empty when absent)
+    sed -n "s/^$2=//p" "$1" | tail -n 1
+}
 
 exists() { kubectl -n "$ns" get secret "$1" >/dev/null 2>&1; }
 
@@ -82,6 +99,46 @@ fi
 kubectl get namespace "$ns" >/dev/null 2>&1 || kubectl create namespace "$ns"
 
 # --- credentials ------------------------------------------------------------------------------
+
+# The gateway first: its env file is checked before any Secret is created. Its API keys file holds
+# SHA-256 digests only; the callbacks' HMAC key is taken as it is.
+if exists riveg-gateway; then
+    echo "secret $ns/riveg-gateway exists: kept"
+else
+    keys="" callback=""
+    if [[ -f "$dir/riveg-gateway.env" ]]; then
+        keys="$(env_value "$dir/riveg-gateway.env" RIVEG_GATEWAY_API_KEYS)"
+        callback="$(env_value "$dir/riveg-gateway.env" RIVEG_GATEWAY_CALLBACK_SECRET)"
+        if [[ "$keys$callback" == *"<"* ]]; then
+            echo "error: $dir/riveg-gateway.env still holds a <placeholder>" >&2
+            exit 1
+        fi
+    fi
+    : >"$tmp/api-keys"
+    IFS=',' read -r -a entries <<<"$keys"
+    for entry in ${entries[@]+"${entries[@]}"}; do
+        entry="${entry//[[:space:]]/}"
+        if [[ "$entry" == sha256:* ]]; then
+            if [[ ! "$entry" =~ ^sha256:[0-9a-f]{64}$ ]]; then
+                echo "error: $dir/riveg-gateway.env: ${entry:0:16}... is not sha256:<64 lower-case hex digits>" >&2
+                exit 1
+            fi
+            echo "$entry" >>"$tmp/api-keys"
+        elif [[ -n "$entry" ]]; then
+            echo "sha256:$(sha256 "$entry")" >>"$tmp/api-keys"
+        fi
+    done
+    if [[ ! -s "$tmp/api-keys" ]]; then
+        key="$(random)"
+        echo "sha256:$(sha256 "$key")" >"$tmp/api-keys"
+        echo "riveg-gateway: generated an API key; only its SHA-256 is stored, note it now:"
+        echo "RIVEG_GATEWAY_API_KEY=$key"
+    fi
+    printf '%s' "${callback:-$(random)}" >"$tmp/callback-secret"
+    kubectl -n "$ns" create secret generic riveg-gateway \
+        --from-file=api-keys="$tmp/api-keys" \
+        --from-file=RIVEG_GATEWAY_CALLBACK_SECRET="$tmp/callback-secret"
+fi
 
 pass="$(random)"
 create riveg-broker "$(env_file riveg-broker <<EOF
