@@ -82,10 +82,10 @@ def stop_up(process: subprocess.Popen, timeout: float = 60.0) -> None:
 
 
 def delete_queues(broker_url: str, prefix: str) -> None:
-    """Delete the ``<prefix>.<queue>`` queues of every stage and ``pipeline``, the intake queues
-    and the results exchange on the broker, the ones a test's workers or submissions declared
-    (one never declared is skipped)."""
-    queues = [*QUEUES, "intake", "intake.dead"]
+    """Delete the ``<prefix>.<queue>`` queues of every stage and ``pipeline``, the intake and
+    callbacks queues and the results exchange on the broker, the ones a test's workers or
+    submissions declared (one never declared is skipped)."""
+    queues = [*QUEUES, "intake", "intake.dead", "callbacks"]
     with Connection(broker_url) as connection:
         channel = connection.channel()
         for queue in queues:
@@ -93,7 +93,8 @@ def delete_queues(broker_url: str, prefix: str) -> None:
                 channel.queue_delete(f"{prefix}.{queue}")
             except Exception:  # never declared: the broker closes the channel; open another
                 channel = connection.channel()
-        for exchange in ("results", "intake.dead"):
+        # Celery declares a direct exchange named after each queue it routes to.
+        for exchange in (*QUEUES, "results", "intake.dead"):
             try:
                 channel.exchange_delete(f"{prefix}.{exchange}")
             except Exception:
