@@ -21,8 +21,10 @@ import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
+from riveg.core.errors import InvalidInput
+from riveg.core.network import check_outbound_url
 from riveg.gateway.client import GatewayClient
-from riveg.orchestration.notify import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
+from riveg.orchestration.notify import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign, verify
 from riveg.sample import SAMPLE_IMAGE, SAMPLE_TEXT
 from tests.support.processes import console_script, free_port
 
@@ -242,6 +244,12 @@ def test_api_keys_guard_every_route_but_health(gateway) -> None:
          "image_url", "not in the allowed"),
         ("not http", {"id": "b12", "text": "hi", "image_url": "file:///etc/passwd"}, 422,
          "image_url", "not an http"),
+        ("bad port", {"id": "b15", "text": "hi", "image_url": "http://example.com:99999/x"},
+         422, "image_url", "not a valid URL"),
+        ("bad IPv6", {"id": "b16", "text": "hi", "image_url": "http://[::1/x"}, 422,
+         "image_url", "not a valid URL"),
+        ("callback checked with a key", {"id": "b17", "text": "hi", "image_key": "images/x",
+         "callback_url": "http://10.0.0.1/hook"}, 422, "callback_url", "not in the allowed"),
     ],
 )  # fmt: skip
 def test_bad_posts_are_refused_by_name(gateway, name, body, status, field, message) -> None:
@@ -279,6 +287,11 @@ def test_bodies_and_kinds_the_api_does_not_take(gateway) -> None:
     huge = httpx.post(url, content=b"x" * (MAX_BODY_BYTES + 1),
                       headers={**AUTH, "Content-Type": "application/json"})  # fmt: skip
     assert huge.status_code == 413 and "request body" in huge.json()["error"]
+    for body in (b'{"id": ' + b"9" * 5000 + b"}", b"[" * 100_000):  # a huge number; deep
+        odd = httpx.post(url, content=body, headers={**AUTH, "Content-Type": "application/json"})
+        assert odd.status_code == 400 and "not JSON" in odd.json()["error"]
+    batch = httpx.post(f"{gateway['url']}/v1/posts:batch", json={"posts": ["x"]}, headers=AUTH)
+    assert batch.status_code == 422 and set(batch.json()) == {"error", "field"}
 
     def chunks() -> Iterator[bytes]:  # no Content-Length: counted as it streams
         for _ in range(MAX_BODY_BYTES // 65536 + 2):
@@ -343,6 +356,8 @@ def test_signed_callback_reaches_the_receiver(gateway, receiver, client) -> None
     assert verify(CALLBACK_SECRET, headers[TIMESTAMP_HEADER], payload, headers[SIGNATURE_HEADER])
     assert not verify("other-secret", headers[TIMESTAMP_HEADER], payload,
                       headers[SIGNATURE_HEADER])  # fmt: skip
+    old = str(int(headers[TIMESTAMP_HEADER]) - 3600)  # a replay an hour later fails
+    assert not verify(CALLBACK_SECRET, old, payload, sign(CALLBACK_SECRET, old, payload))
     document = json.loads(payload)
     assert document["job_id"] == job["job_id"] and document["status"] == "done"
     assert document["result"]["entities"]
@@ -413,3 +428,14 @@ def test_metrics_count_requests_and_posts_by_outcome(gateway, client) -> None:
     assert _metric(gateway, "riveg_gateway_backlog_jobs") >= 0
     client.wait(job["job_id"], timeout=120)
     assert _metric(gateway, "riveg_gateway_backlog_jobs") == 0
+
+
+def test_outbound_urls_are_pinned_to_the_checked_address() -> None:
+    """The request goes to the address that was checked (a second DNS answer cannot send it
+    elsewhere); the name travels in Host and TLS."""
+    target = check_outbound_url("https://localhost:8443/a/b.jpg?x=1", ("localhost",))
+    assert target.url == "https://127.0.0.1:8443/a/b.jpg?x=1"
+    assert target.headers == {"Host": "localhost:8443"}
+    assert target.extensions == {"sni_hostname": "localhost"}
+    with pytest.raises(InvalidInput, match="internal address"):
+        check_outbound_url("http://localhost/x", ())

@@ -63,8 +63,13 @@ def test_status_updates_and_the_backlog(jobs: JobStore) -> None:
     assert jobs.find("b-alias")["job_id"] == "job-b"
     jobs.link("b-alias", "job-a", replace=True)
     assert jobs.find("b-alias")["job_id"] == "job-a"
-    jobs.release("b", "job-b")
+    jobs.release("job-b", "b")
     assert jobs.find("b") is None and jobs.get("job-b") is None and jobs.backlog() == 0
+    # An ended job stays ended: a redelivered step cannot revive it, a second end is refused.
+    assert jobs.update("job-a", status="running", step="ve") is False
+    assert jobs.update("job-a", status="failed", error="late") is False
+    assert jobs.get("job-a")["status"] == "done" and jobs.backlog() == 0
+    assert jobs.update("job-a", result_key="results/posts/a2.json") is True  # not a status
     assert jobs.get("job-unknown") is None
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from urllib.parse import urlsplit
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
 from riveg.core.errors import InvalidInput
 
@@ -42,28 +43,55 @@ def host_allowed(host: str, allowed: tuple[str, ...]) -> bool:
     )
 
 
-def check_outbound_url(url: str, allowed: tuple[str, ...]) -> str:
+@dataclass(frozen=True)
+class OutboundTarget:
+    """Where an outbound request goes: the URL with the host replaced by the one address that
+    was checked (so that a second DNS answer cannot lead elsewhere), and the original host for
+    the ``Host`` header and TLS (SNI and certificate name)."""
+
+    url: str
+    host: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The ``Host`` header of the original URL."""
+        return {"Host": self.host}
+
+    @property
+    def extensions(self) -> dict[str, str]:
+        """httpx request extensions: TLS speaks to (and verifies) the original host name."""
+        return {"sni_hostname": self.host.rsplit(":", 1)[0].strip("[]")}
+
+
+def check_outbound_url(url: str, allowed: tuple[str, ...]) -> OutboundTarget:
     """Refuse (InvalidInput) a URL this service should not fetch or post to: not http(s), no
     host, a host outside ``allowed`` when an allow-list is given, or, without one, a host with
     any address that is not public (loopback, private, link-local: the cluster's insides).
-    Returns the host."""
-    parts = urlsplit(url)
+    Returns the target pinned to the checked address."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise InvalidInput(f"not a valid URL ({exc}): {url[:200]!r}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidInput(f"not an http(s) URL: {url[:200]!r}")
     host = parts.hostname.lower()
-    if allowed:
-        if not host_allowed(host, allowed):
-            raise InvalidInput(f"the host {host!r} is not in the allowed URL hosts")
-        return host
+    if allowed and not host_allowed(host, allowed):
+        raise InvalidInput(f"the host {host!r} is not in the allowed URL hosts")
     try:
-        infos = socket.getaddrinfo(host, parts.port or 443, proto=socket.IPPROTO_TCP)
+        infos = socket.getaddrinfo(host, port or 443, proto=socket.IPPROTO_TCP)
     except (socket.gaierror, UnicodeError) as exc:
         raise InvalidInput(f"cannot resolve the host {host!r}: {exc}") from None
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0].split("%")[0])
-        if not address.is_global:
-            raise InvalidInput(
-                f"the host {host!r} is an internal address ({address}); allow it with "
-                "RIVEG_GATEWAY_URL_HOSTS"
-            )
-    return host
+    addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
+    if not allowed:
+        for address in addresses:
+            if not address.is_global:
+                raise InvalidInput(
+                    f"the host {host!r} is an internal address ({address}); allow it with "
+                    "RIVEG_GATEWAY_URL_HOSTS"
+                )
+    address = addresses[0]
+    literal = f"[{address}]" if address.version == 6 else str(address)
+    netloc = literal if port is None else f"{literal}:{port}"
+    pinned = urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
+    return OutboundTarget(pinned, parts.netloc.rsplit("@", 1)[-1])

@@ -25,7 +25,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExport
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from prometheus_client import start_http_server
 
-from riveg.core.config import Settings
+from riveg.core.config import ConfigError, Settings
 from riveg.core.logging import get_logger
 
 log = get_logger("riveg.observability")
@@ -40,7 +40,12 @@ def start_metrics_server(settings: Settings, port: int | None = None) -> int | N
     port = settings.metrics.port if port is None else port
     if port is None:
         return None
-    server, _ = start_http_server(port, addr=settings.metrics.host)
+    try:
+        server, _ = start_http_server(port, addr=settings.metrics.host)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot serve metrics on {settings.metrics.host}:{port}: {exc.strerror}"
+        ) from None
     bound = server.server_port
     log.info("metrics served", url=f"http://{settings.metrics.host}:{bound}/metrics")
     return bound

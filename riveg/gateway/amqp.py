@@ -138,6 +138,9 @@ class IntakeConsumer(ConsumerMixin):
         except ValueError as exc:  # the pydantic check beyond the schema
             self._dead(message, str(exc).splitlines()[0])
             return
+        except Exception as exc:  # the store or the job records: this post's error, not the
+            self._dead(message, f"not taken: {type(exc).__name__}: {exc}")  # consumer's end
+            return
         log.info("intake post taken", post_id=document.get("id"),
                  job_id=accepted.record["job_id"], new=accepted.created)  # fmt: skip
         message.ack()
@@ -176,9 +179,16 @@ class CallbackConsumer(ConsumerMixin):
 
     def on_message(self, body: Any, message: Message) -> None:
         """Send the job's callback (when it has one), then acknowledge."""
-        record = self.intake.runtime.jobs.get(str(body.get("job_id", ""))) or {}
+        try:
+            job_id = str(body.get("job_id", "")) if isinstance(body, dict) else ""
+            record = self.intake.runtime.jobs.get(job_id) or {}
+        except Exception as exc:  # the job records are unreachable: try again a little later
+            log.error("cannot read the job record for its callback", error=str(exc))
+            time.sleep(1.0)
+            message.requeue()
+            return
         if record.get("callback_url"):
-            send_callback(self.intake.settings, record, body)
+            send_callback(self.intake.settings, record, body)  # logs its own failure
         message.ack()
 
     def on_decode_error(self, message: Message, exc: Exception) -> None:

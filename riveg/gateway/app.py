@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field, ValidationError
@@ -235,6 +236,14 @@ def create_app(settings: Settings, intake: Intake, ready_checks: dict[str, Any])
     async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
         return JSONResponse({"error": exc.detail}, exc.status_code, exc.headers)
 
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        where = [str(p) for p in first.get("loc", ()) if p not in ("body", "path", "query")]
+        field = ".".join(where) or None
+        message = f"{field}: {first['msg']}" if field else str(first["msg"])
+        return JSONResponse(ErrorOut(error=message, field=field).model_dump(), 422)
+
     @app.exception_handler(Refused)
     async def _refused(request: Request, exc: Refused) -> JSONResponse:
         metrics.POSTS.labels("refused").inc()
@@ -276,8 +285,8 @@ def create_app(settings: Settings, intake: Intake, ready_checks: dict[str, Any])
         elif kind == "application/json":
             try:
                 data = json.loads(await request.body())
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise Refused(400, f"the body is not JSON: {exc}") from None
+            except (ValueError, RecursionError) as exc:  # JSON, UTF-8, huge numbers, depth
+                raise Refused(400, f"the body is not JSON: {str(exc)[:200]}") from None
         else:
             raise Refused(415, "send application/json or multipart/form-data")
         try:
@@ -365,7 +374,7 @@ def create_app(settings: Settings, intake: Intake, ready_checks: dict[str, Any])
         return intake.job(_record(job_id))
 
     @app.get(
-        "/v1/posts/{post_id}",
+        "/v1/posts/{post_id:path}",
         response_model=JobOut,
         tags=["posts"],
         responses={404: {"model": ErrorOut}, 401: ERRORS[401]},

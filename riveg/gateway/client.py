@@ -6,6 +6,7 @@ import base64
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -78,11 +79,11 @@ class GatewayClient:
 
     def get(self, job_id: str) -> dict[str, Any]:
         """A job: status, and the result when done."""
-        return self._json(self.http.get(f"/v1/jobs/{job_id}"))
+        return self._json(self.http.get(f"/v1/jobs/{quote(job_id, safe='')}"))
 
     def get_post(self, post_id: str) -> dict[str, Any]:
         """The job of a post id."""
-        return self._json(self.http.get(f"/v1/posts/{post_id}"))
+        return self._json(self.http.get(f"/v1/posts/{quote(post_id, safe='')}"))
 
     def wait(self, job_id: str, timeout: float = 600.0, interval: float = 0.5) -> dict[str, Any]:
         """Poll the job until it is done or failed; TimeoutError after ``timeout`` seconds."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -96,10 +97,12 @@ class Intake:
     ) -> Accepted:
         """Take a post: the existing job when its id (or key) was taken before; otherwise
         validate, store the image, record and submit the job. :class:`Refused` when not."""
-        key = f"idempotency:{idempotency_key}" if idempotency_key else post.id
-        existing = self.runtime.jobs.find(key)
-        if existing is not None:
-            return Accepted(existing, False)
+        # The post id, and the Idempotency-Key when given: either names the job it started.
+        keys = [post.id, *([f"idempotency:{idempotency_key}"] if idempotency_key else [])]
+        for key in keys:
+            existing = self.runtime.jobs.find(key)
+            if existing is not None:
+                return Accepted(existing, False)
         gateway, limits = self.settings.gateway, self.settings.limits
         if self.runtime.jobs.backlog() >= gateway.max_backlog:
             raise Refused(429, f"the backlog is full ({gateway.max_backlog} jobs); retry later")
@@ -110,16 +113,16 @@ class Intake:
         image_key = self._image(post, image_file)
         job_id = uuid.uuid4().hex
         record, created = self.runtime.jobs.claim(
-            key, new_record(job_id, post.id, post.callback_url, image_key)
+            post.id, new_record(job_id, post.id, post.callback_url, image_key)
         )
         if not created:
             return Accepted(record, False)
-        if idempotency_key:
-            self.runtime.jobs.link(post.id, job_id)  # GET /v1/posts/{id} finds it too
         try:
+            for key in keys[1:]:
+                self.runtime.jobs.link(key, job_id)
             self._submit(post, job_id, image_key)
         except Exception:
-            self.runtime.jobs.release(key, job_id)
+            self.runtime.jobs.release(job_id, *keys)
             raise
         log.info("post accepted", post_id=post.id, job_id=job_id)
         return Accepted(record, True)
@@ -132,6 +135,11 @@ class Intake:
             if image_file is not None
             else next(name for name in IMAGE_FIELDS if getattr(post, name) is not None)
         )
+        if post.callback_url is not None:
+            try:
+                check_outbound_url(post.callback_url, self.settings.gateway.allowed_hosts)
+            except InvalidInput as exc:
+                raise Refused(422, str(exc), "callback_url") from None
         if post.image_key is not None:
             key = post.image_key
             try:
@@ -142,11 +150,6 @@ class Intake:
                 raise Refused(422, f"no image {key[:200]!r} in the store (keys: images/...)",
                               "image_key")  # fmt: skip
             return key
-        if post.callback_url is not None:
-            try:
-                check_outbound_url(post.callback_url, self.settings.gateway.allowed_hosts)
-            except InvalidInput as exc:
-                raise Refused(422, str(exc), "callback_url") from None
         if image_file is not None:
             data = image_file
         elif post.image_b64 is not None:
@@ -171,11 +174,14 @@ class Intake:
         at most the byte limit."""
         gateway, limit = self.settings.gateway, self.settings.limits.max_image_bytes
         try:
-            check_outbound_url(url, gateway.allowed_hosts)
+            target = check_outbound_url(url, gateway.allowed_hosts)
         except InvalidInput as exc:
             raise Refused(422, str(exc), "image_url") from None
+        deadline = time.monotonic() + gateway.url_timeout_s  # for the whole download
         try:
-            with httpx.stream("GET", url, timeout=gateway.url_timeout_s) as response:
+            with httpx.Client(timeout=gateway.url_timeout_s) as http, http.stream(
+                "GET", target.url, headers=target.headers, extensions=target.extensions
+            ) as response:  # fmt: skip
                 if response.status_code != 200:
                     raise Refused(
                         422, f"image_url answered HTTP {response.status_code}", "image_url"
@@ -188,6 +194,9 @@ class Intake:
                 data = bytearray()
                 for chunk in response.iter_bytes():
                     data += chunk
+                    if time.monotonic() > deadline:
+                        raise Refused(422, f"image_url took over {gateway.url_timeout_s:g} s",
+                                      "image_url")  # fmt: skip
                     if len(data) > limit:
                         raise Refused(
                             413, f"the image at image_url is over {limit:,} bytes", "image_url"

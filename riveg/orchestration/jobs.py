@@ -85,8 +85,10 @@ class JobStore(ABC):
         """The record of the job that claimed ``key`` (a post id or idempotency key)."""
 
     @abstractmethod
-    def update(self, job_id: str, /, **fields: Any) -> None:
-        """Change fields of a job's record (created if missing); a final status ends it."""
+    def update(self, job_id: str, /, **fields: Any) -> bool:
+        """Change fields of a job's record (created if missing); a final status ends it. A
+        ``status`` change to a job that has ended already is not made (a redelivered step must
+        not revive it, a second end must not notify twice): False then."""
 
     @abstractmethod
     def link(self, key: str, job_id: str, replace: bool = False) -> None:
@@ -94,8 +96,9 @@ class JobStore(ABC):
         ``replace``."""
 
     @abstractmethod
-    def release(self, key: str, job_id: str) -> None:
-        """Forget the claim of ``key`` by ``job_id`` (its submission failed before it ran)."""
+    def release(self, job_id: str, *keys: str) -> None:
+        """Forget ``job_id`` and the ``keys`` that find it (its submission failed before it
+        ran)."""
 
     @abstractmethod
     def backlog(self) -> int:
@@ -139,26 +142,43 @@ class MemoryJobStore(JobStore):
             job_id = self._keys.get(key)
         return self.get(job_id) if job_id is not None else None
 
-    def update(self, job_id: str, /, **fields: Any) -> None:
+    def update(self, job_id: str, /, **fields: Any) -> bool:
         with self._lock:
-            self._jobs.setdefault(job_id, {"job_id": job_id}).update(fields)
+            record = self._jobs.setdefault(job_id, {"job_id": job_id})
+            if "status" in fields and record.get("status") in FINAL:
+                return False
+            record.update(fields)
             if fields.get("status") in FINAL:
                 self._ended.append((time.monotonic(), job_id))
+            return True
 
     def link(self, key: str, job_id: str, replace: bool = False) -> None:
         with self._lock:
             if replace or key not in self._keys:
                 self._keys[key] = job_id
 
-    def release(self, key: str, job_id: str) -> None:
+    def release(self, job_id: str, *keys: str) -> None:
         with self._lock:
-            if self._keys.get(key) == job_id:
-                del self._keys[key]
+            for key in keys:
+                if self._keys.get(key) == job_id:
+                    del self._keys[key]
             self._jobs.pop(job_id, None)
 
     def backlog(self) -> int:
         with self._lock:
             return sum(1 for r in self._jobs.values() if r.get("status") in ACTIVE)
+
+
+ADVANCE_SCRIPT = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == '"done"' or status == '"failed"' then return 0 end
+for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call(ARGV[3], KEYS[2], ARGV[2])
+return 1
+"""
+"""Set a job's fields (status included) unless it has ended; add it to or remove it from the
+backlog set. KEYS: the record, the backlog set; ARGV: ttl, job id, sadd|srem, field, value..."""
 
 
 class RedisJobStore(JobStore):
@@ -196,7 +216,7 @@ class RedisJobStore(JobStore):
             existing = self.find(key)
             if existing is not None:
                 return existing, False
-            # The claimed job is being written (or expired): look again.
+            time.sleep(0.05)  # the claimed job is being written (or expired): look again
         raise RuntimeError(f"cannot claim {key!r} in the job store")
 
     def get(self, job_id: str) -> Record | None:
@@ -209,23 +229,34 @@ class RedisJobStore(JobStore):
         job_id = self.redis.get(self._key(key))
         return self.get(job_id.decode()) if job_id is not None else None
 
-    def update(self, job_id: str, /, **fields: Any) -> None:
-        with self.redis.pipeline() as pipe:
-            self._write(pipe, job_id, {"job_id": job_id, **fields})
-            if fields.get("status") in FINAL:
-                pipe.srem(self._active, job_id)
-            elif fields.get("status") in ACTIVE:
-                pipe.sadd(self._active, job_id)
-            pipe.execute()
+    def update(self, job_id: str, /, **fields: Any) -> bool:
+        values = {"job_id": job_id, **fields}
+        if "status" not in fields:
+            with self.redis.pipeline() as pipe:
+                self._write(pipe, job_id, values)
+                pipe.execute()
+            return True
+        # One atomic step: refuse if the job has ended, else write and move it in the backlog.
+        flat = [part for k, v in values.items() for part in (k, json.dumps(v))]
+        move = "srem" if fields["status"] in FINAL else "sadd"
+        return bool(self._advance(keys=[self._job(job_id), self._active],
+                                  args=[self.ttl_s, job_id, move, *flat]))  # fmt: skip
+
+    @property
+    def _advance(self) -> Any:
+        if not hasattr(self, "_advance_script"):
+            self._advance_script = self.redis.register_script(ADVANCE_SCRIPT)
+        return self._advance_script
 
     def link(self, key: str, job_id: str, replace: bool = False) -> None:
         self.redis.set(self._key(key), job_id, nx=not replace, ex=self.ttl_s)
 
-    def release(self, key: str, job_id: str) -> None:
-        current = self.redis.get(self._key(key))
+    def release(self, job_id: str, *keys: str) -> None:
         with self.redis.pipeline() as pipe:
-            if current is not None and current.decode() == job_id:
-                pipe.delete(self._key(key))
+            for key in keys:
+                current = self.redis.get(self._key(key))
+                if current is not None and current.decode() == job_id:
+                    pipe.delete(self._key(key))
             pipe.delete(self._job(job_id))
             pipe.srem(self._active, job_id)
             pipe.execute()

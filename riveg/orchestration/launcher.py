@@ -62,7 +62,15 @@ class Launcher:
         """The metrics port of child ``name``: ``RIVEG_METRICS_PORT`` + its index when set,
         else a free port; each child gets its own."""
         base = self.settings.metrics.port
-        port = base + len(self.metrics_ports) if base is not None else free_port()
+        if base is not None:
+            port = base + len(self.metrics_ports)
+        else:  # a free port that is none of the ports this deployment binds
+            taken = {self.settings.server_port(stage) for stage in STAGES}
+            taken |= {int(self.settings.s3.endpoint.rsplit(":", 1)[1])}
+            taken |= set(self.metrics_ports.values())
+            port = free_port()
+            while port in taken:
+                port = free_port()
         self.metrics_ports[name] = port
         return port
 

@@ -24,7 +24,6 @@ from kombu import Connection, Exchange
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
 
 from riveg.core.config import Settings
-from riveg.core.errors import InvalidInput
 from riveg.core.logging import get_logger
 from riveg.core.network import check_outbound_url
 from riveg.orchestration import metrics
@@ -42,8 +41,17 @@ def sign(secret: str, timestamp: str, body: bytes) -> str:
     return f"sha256={digest.hexdigest()}"
 
 
-def verify(secret: str, timestamp: str, body: bytes, signature: str) -> bool:
-    """What a receiver runs: whether ``signature`` is the sender's for this body."""
+def verify(
+    secret: str, timestamp: str, body: bytes, signature: str, max_age_s: float | None = 300.0
+) -> bool:
+    """What a receiver runs: whether ``signature`` is the sender's for this body, signed at most
+    ``max_age_s`` seconds ago (a replayed old callback fails; None = any age)."""
+    if max_age_s is not None:
+        try:
+            if abs(time.time() - int(timestamp)) > max_age_s:
+                return False
+        except ValueError:
+            return False
     return hmac.compare_digest(sign(secret, timestamp, body), signature)
 
 
@@ -57,7 +65,7 @@ def deliver_callback(url: str, document: dict[str, Any], settings: Settings) -> 
     """POST the document to url (signed when a secret is set), retried with backoff on network
     errors, 408, 429 and 5xx; returns the receiver's status code."""
     gateway = settings.gateway
-    check_outbound_url(url, gateway.allowed_hosts)
+    target = check_outbound_url(url, gateway.allowed_hosts)
     body = json.dumps(document, ensure_ascii=False).encode()
     timestamp = str(int(time.time()))
     headers = {"Content-Type": "application/json", TIMESTAMP_HEADER: timestamp}
@@ -73,7 +81,13 @@ def deliver_callback(url: str, document: dict[str, Any], settings: Settings) -> 
         reraise=True,
     )
     def post() -> int:
-        response = httpx.post(url, content=body, headers=headers, timeout=gateway.url_timeout_s)
+        with httpx.Client(timeout=gateway.url_timeout_s) as http:
+            response = http.post(
+                target.url,
+                content=body,
+                headers={**headers, **target.headers},
+                extensions=target.extensions,
+            )
         response.raise_for_status()
         return response.status_code
 
@@ -119,8 +133,8 @@ def send_callback(settings: Settings, record: Record, document: dict[str, Any]) 
     try:
         code = deliver_callback(url, document, settings)
         log.info("callback delivered", job_id=record["job_id"], status=code)
-    except (InvalidInput, httpx.HTTPError) as exc:
-        log.error("callback failed", job_id=record["job_id"], error=str(exc))
+    except Exception as exc:  # a receiver's failure is the job's record's, never the sender's
+        log.error("callback failed", job_id=record["job_id"], error=f"{type(exc).__name__}: {exc}")
 
 
 def _notify(settings: Settings, record: Record, result: dict[str, Any] | None) -> None:
@@ -154,7 +168,11 @@ def finish_job(
         fields.update(status="done", result_key=result_key, error=None)
     else:
         fields.update(status="failed", error=error)
-    jobs.update(job_id, **fields)
+    if not jobs.update(job_id, **fields):  # it had ended already (a redelivered step)
+        log.warning("job ended already; not notified again", job_id=job_id)
+        done: Future = Future()
+        done.set_result(None)
+        return done
     record = jobs.get(job_id) or {"job_id": job_id, **fields}
     outcome = fields["status"]
     metrics.POSTS_FINISHED.labels(outcome).inc()
