@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -363,3 +364,25 @@ def test_one_post_moves_every_metric_by_exactly_its_share(distributed, otlp) -> 
         ]
         assert len(calls) == 1, (stage, [s.name for s in spans if s.service.endswith(stage)])
         assert calls[0].attributes.get("riveg.job_id") == result["job_id"]
+
+
+def test_up_restarts_a_child_that_dies_and_posts_still_finish(distributed, tmp_path) -> None:
+    """SIGKILL of a worker and of a stage server: `riveg up` restarts each (a status line with
+    the restart counts), keeps everything else running, and a post submitted next finishes."""
+    ready = distributed["ready"]  # updated in place by the lines `riveg up` prints
+    for name in ("worker-mner", "serve-seg"):
+        os.kill(ready["processes"][name], signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while ready.get("restarts", {}).get(name, 0) < 1:
+            assert time.monotonic() < deadline, f"{name} was not restarted: {ready}"
+            time.sleep(0.5)
+        assert ready["restarted"] == name and ready["pid"] != ready["processes"][name]
+    riveg = str(Path(sys.executable).parent / "riveg")
+    done = subprocess.run(
+        [riveg, "analyze", "--text", POSTS[0][1], "--image", str(SAMPLE_IMAGE), "--id",
+         "after-restart", "--broker", BROKER, "--json", "--timeout", "300"],
+        env=distributed["env"], capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert any(e["mask"] for e in result["entities"])  # the restarted seg server answered

@@ -32,6 +32,12 @@ log = get_logger("riveg.up")
 DEFAULT_BROKER = "amqp://guest:guest@127.0.0.1:5672//"
 
 
+RESTART_MAX_WAIT_S = 30.0
+"""Longest wait before restarting a child that keeps dying."""
+RESTART_RESET_S = 60.0
+"""A child that lived this long before dying is restarted at once (its backoff starts over)."""
+
+
 def free_port() -> int:
     """A TCP port on loopback that nothing listens on now."""
     with socket.socket() as probe:
@@ -57,6 +63,11 @@ class Launcher:
     env: dict[str, str]
     children: dict[str, subprocess.Popen] = field(default_factory=dict)
     metrics_ports: dict[str, int] = field(default_factory=dict)
+    commands: dict[str, tuple[list[str], dict[str, str]]] = field(default_factory=dict)
+    restarts: dict[str, int] = field(default_factory=dict)
+    _started_at: dict[str, float] = field(default_factory=dict)
+    _quick_deaths: dict[str, int] = field(default_factory=dict)
+    _due: dict[str, float] = field(default_factory=dict)
 
     def metrics_port(self, name: str) -> int:
         """The metrics port of child ``name``: ``RIVEG_METRICS_PORT`` + its index when set,
@@ -76,15 +87,44 @@ class Launcher:
 
     def spawn(self, name: str, argv: list[str], extra_env: dict[str, str] | None = None) -> None:
         """Start a child with its output in <log_dir>/<name>.log."""
-        logfile = (self.log_dir / f"{name}.log").open("ab")
-        self.children[name] = subprocess.Popen(
-            argv,
-            stdout=logfile,
-            stderr=subprocess.STDOUT,
-            env={**self.env, **(extra_env or {})},
-            start_new_session=True,
-        )
+        self.commands[name] = (argv, extra_env or {})
+        self.restarts.setdefault(name, 0)
+        with (self.log_dir / f"{name}.log").open("ab") as logfile:
+            self.children[name] = subprocess.Popen(
+                argv,
+                stdout=logfile,
+                stderr=subprocess.STDOUT,
+                env={**self.env, **(extra_env or {})},
+                start_new_session=True,
+            )
+        self._started_at[name] = time.monotonic()
         log.info("started", process=name, pid=self.children[name].pid)
+
+    def supervise(self) -> list[str]:
+        """Restart the children that died: after 1, 2, 4 ... 30 s while they keep dying within
+        a minute of their start, at once after a longer life. The names restarted now."""
+        now = time.monotonic()
+        restarted = []
+        for name, child in list(self.children.items()):
+            if child.poll() is None:
+                continue
+            if name not in self._due:
+                lived = now - self._started_at.get(name, now)
+                quick = self._quick_deaths.get(name, 0) + 1 if lived < RESTART_RESET_S else 0
+                self._quick_deaths[name] = quick
+                delay = min(RESTART_MAX_WAIT_S, 2 ** (quick - 1)) if quick else 0.0
+                self._due[name] = now + delay
+                log.warning("process died", process=name, status=child.returncode,
+                            lived_s=round(lived, 1), restart_in_s=delay)  # fmt: skip
+            if now >= self._due[name]:
+                del self._due[name]
+                self.restarts[name] += 1
+                argv, extra_env = self.commands[name]
+                self.spawn(name, argv, extra_env)
+                log.warning("process restarted", process=name, restarts=self.restarts[name],
+                            pid=self.children[name].pid)  # fmt: skip
+                restarted.append(name)
+        return restarted
 
     def start_s3_if_needed(self) -> None:
         """Run nanio for a loopback S3 endpoint that nobody serves yet."""
@@ -164,7 +204,8 @@ class Launcher:
         log.info("all processes stopped")
 
     def watch(self) -> None:
-        """Block until a signal arrives or a child dies."""
+        """Supervise the children until SIGTERM/SIGINT: one that dies is restarted (with
+        backoff), and a status line ``{"restarted": name, "restarts": {...}}`` is printed."""
         stop = {"now": False}
 
         def on_signal(*_: object) -> None:
@@ -173,7 +214,10 @@ class Launcher:
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
         while not stop["now"]:
-            self._check_alive()
+            for name in self.supervise():
+                click.echo(json.dumps({"restarted": name, "restarts": self.restarts,
+                                       "pid": self.children[name].pid}))  # fmt: skip
+                sys.stdout.flush()
             time.sleep(0.5)
 
 
@@ -220,6 +264,7 @@ def up(broker_url: str | None, concurrency: int, state_dir: Path, config_file: s
             "ready": True, "broker": broker, "store": settings.store.kind,
             "servers": {s: settings.stage(s).addr for s in STAGES},
             "processes": {n: c.pid for n, c in launcher.children.items()},
+            "restarts": launcher.restarts,
             "metrics": {n: f"http://{settings.metrics.host}:{p}/metrics"
                         for n, p in launcher.metrics_ports.items()},
             "logs": str(log_dir), "startup_s": round(time.perf_counter() - started, 1),
