@@ -76,16 +76,36 @@ class BrokerSettings(Section):
     queue_prefix: str = Field("riveg", description="Celery queues are `<prefix>.<stage>`")
 
 
+RETRY_BACKOFF_MAX_S = 30.0
+"""Longest wait between two tries of a pipeline step."""
+
+
 class PipelineSettings(Section):
     """The per-post chain: which steps run, how long one may take, how failures are retried."""
 
     knowledge: bool = Field(False, description="run the LLM knowledge step before MNER")
     task_time_limit_s: int = Field(600, description="hard limit of one step's task")
-    max_retries: int = Field(
-        5,
-        description="retries of a step whose stage call failed transiently (backoff 1, 2, 4 s"
-        "... jittered, capped at 30 s)",
+    retry_for_s: float = Field(
+        300.0,
+        gt=0,
+        description="how long a step whose stage or store is unavailable keeps being retried "
+        "(backoff 1, 2, 4 ... s, capped at 30 s, jittered)",
     )
+    max_retries: int | None = Field(
+        None, description="retries of such a step; unset: as many as `retry_for_s` allows"
+    )
+
+    @property
+    def retries(self) -> int:
+        """``max_retries``, else the retries whose backoff (1, 2, 4 ... capped at 30 s) adds
+        up to ``retry_for_s``."""
+        if self.max_retries is not None:
+            return self.max_retries
+        waited, count = 0.0, 0
+        while waited < self.retry_for_s:
+            waited += min(2.0**count, RETRY_BACKOFF_MAX_S)
+            count += 1
+        return count
 
 
 class LimitsSettings(Section):

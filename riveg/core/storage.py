@@ -10,9 +10,12 @@ import json
 import os
 import tempfile
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import urllib3
 from minio import Minio
 from minio.error import S3Error
 
@@ -58,6 +61,29 @@ def _check_key(key: str) -> str:
     return key
 
 
+class StoreUnavailable(RuntimeError):
+    """The object store could not be reached or answered "try later" (connection refused, a
+    timeout, 503 SlowDown): a later try may succeed, unlike a missing key or a bad request."""
+
+
+TRANSIENT_S3_CODES = frozenset({"ServiceUnavailable", "SlowDown", "InternalError",
+                                "RequestTimeout", "XMinioServerNotInitialized"})  # fmt: skip
+
+
+@contextmanager
+def _transient_as_unavailable(endpoint: str, key: str) -> Iterator[None]:
+    """Raise StoreUnavailable for the S3 failures that a later try may not have."""
+    try:
+        yield
+    except S3Error as exc:
+        if exc.code in TRANSIENT_S3_CODES:
+            raise StoreUnavailable(f"S3 at {endpoint} ({key}): {exc.code}") from exc
+        raise
+    except urllib3.exceptions.HTTPError as exc:  # refused, reset, timed out, retries used up
+        reason = getattr(exc, "reason", None) or exc
+        raise StoreUnavailable(f"S3 at {endpoint} unreachable ({key}): {reason}") from exc
+
+
 class LocalObjectStore(ObjectStore):
     """Objects as files under a root folder; writes are atomic (temp file + rename)."""
 
@@ -101,7 +127,16 @@ class S3ObjectStore(ObjectStore):
     ) -> None:
         self.bucket = bucket
         self.endpoint = endpoint
-        self.client = Minio(endpoint, access_key=access_key, secret_key=secret_key, secure=secure)
+        # Minio's own client waits up to 5 minutes per request; a store that is down should be
+        # reported (and the step retried by its task) within seconds instead.
+        http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=5.0, read=60.0),
+            retries=urllib3.Retry(total=2, backoff_factor=0.2,
+                                  status_forcelist=[500, 502, 503, 504]),
+            maxsize=16,
+        )  # fmt: skip
+        self.client = Minio(endpoint, access_key=access_key, secret_key=secret_key, secure=secure,
+                            http_client=http)  # fmt: skip
 
     def ensure_bucket(self) -> None:
         """Create the bucket if it does not exist yet."""
@@ -115,31 +150,35 @@ class S3ObjectStore(ObjectStore):
     def put_bytes(
         self, key: str, data: bytes, content_type: str = "application/octet-stream"
     ) -> str:
-        self.client.put_object(
-            self.bucket, _check_key(key), io.BytesIO(data), len(data), content_type=content_type
-        )
+        with _transient_as_unavailable(self.endpoint, key):
+            self.client.put_object(
+                self.bucket, _check_key(key), io.BytesIO(data), len(data),
+                content_type=content_type,
+            )  # fmt: skip
         return key
 
     def get_bytes(self, key: str) -> bytes:
-        try:
-            response = self.client.get_object(self.bucket, _check_key(key))
-        except S3Error as exc:
-            if exc.code in ("NoSuchKey", "NoSuchObject"):
-                raise ObjectNotFound(key) from exc
-            raise
-        try:
-            return response.read()
-        finally:
-            response.close()
-            response.release_conn()
+        with _transient_as_unavailable(self.endpoint, key):
+            try:
+                response = self.client.get_object(self.bucket, _check_key(key))
+            except S3Error as exc:
+                if exc.code in ("NoSuchKey", "NoSuchObject"):
+                    raise ObjectNotFound(key) from exc
+                raise
+            try:
+                return response.read()
+            finally:
+                response.close()
+                response.release_conn()
 
     def exists(self, key: str) -> bool:
-        try:
-            self.client.stat_object(self.bucket, _check_key(key))
-        except S3Error as exc:
-            if exc.code in ("NoSuchKey", "NoSuchObject", "NotFound"):
-                return False
-            raise
+        with _transient_as_unavailable(self.endpoint, key):
+            try:
+                self.client.stat_object(self.bucket, _check_key(key))
+            except S3Error as exc:
+                if exc.code in ("NoSuchKey", "NoSuchObject", "NotFound"):
+                    return False
+                raise
         return True
 
     def __repr__(self) -> str:

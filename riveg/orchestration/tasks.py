@@ -17,11 +17,13 @@ import structlog
 from celery import Task
 from celery.exceptions import Retry
 
+from riveg.core.config import RETRY_BACKOFF_MAX_S
 from riveg.core.errors import InvalidInput
 from riveg.core.images import decode_image, mask_to_rle, png_mask
 from riveg.core.limits import check_text
 from riveg.core.logging import get_logger
 from riveg.core.observability import tag_current_span
+from riveg.core.storage import StoreUnavailable
 from riveg.orchestration import metrics
 from riveg.orchestration.celery_app import STEPS, app, task_name
 from riveg.orchestration.jobs import now, result_key
@@ -50,17 +52,18 @@ class StepTask(Task):
     time in the state, and post errors told apart from failures.
 
     A stage call that fails with a transient gRPC code (UNAVAILABLE, DEADLINE_EXCEEDED,
-    RESOURCE_EXHAUSTED) is retried up to ``max_retries`` times (``RIVEG_PIPELINE_MAX_RETRIES``),
-    waiting a random time up to 1, 2, 4, ... seconds (capped at ``retry_backoff_max``); then the
-    post fails with that error. A bad post fails at once with :class:`PostError` (``throws``: an
+    RESOURCE_EXHAUSTED), or an object store that is unreachable, is retried for
+    ``RIVEG_PIPELINE_RETRY_FOR_S`` (or ``RIVEG_PIPELINE_MAX_RETRIES`` times), waiting a random
+    time up to 1, 2, 4, ... seconds (capped at ``retry_backoff_max``); then the post fails with
+    that error. A bad post fails at once with :class:`PostError` (``throws``: an
     expected outcome, logged without a traceback).
     """
 
     abstract = True
     step: str = ""
-    autoretry_for = (TransientStageError,)
+    autoretry_for = (TransientStageError, StoreUnavailable)
     retry_backoff = 1
-    retry_backoff_max = 30
+    retry_backoff_max = int(RETRY_BACKOFF_MAX_S)
     retry_jitter = True
     throws = (PostError,)
     acks_late = True
@@ -68,7 +71,7 @@ class StepTask(Task):
     @property
     def max_retries(self) -> int:  # type: ignore[override]
         """Retries after the first try: ``RIVEG_PIPELINE_MAX_RETRIES`` of this process."""
-        return get_runtime().settings.pipeline.max_retries
+        return get_runtime().settings.pipeline.retries
 
     def __call__(self, state: State) -> State:
         started = time.perf_counter()

@@ -26,7 +26,7 @@ from riveg.core.errors import InvalidInput
 from riveg.core.logging import get_logger
 from riveg.core.observability import tag_current_span
 from riveg.core.stages import Stage
-from riveg.core.storage import ObjectNotFound
+from riveg.core.storage import ObjectNotFound, StoreUnavailable
 from riveg.serving import metrics
 from riveg.serving.backend import Backend
 from riveg.serving.client import JOB_ID_KEY, channel_options
@@ -42,6 +42,8 @@ def _status_for(exc: Exception) -> grpc.StatusCode:
         return grpc.StatusCode.INVALID_ARGUMENT
     if isinstance(exc, ObjectNotFound):
         return grpc.StatusCode.NOT_FOUND
+    if isinstance(exc, StoreUnavailable):  # the caller's task retries it
+        return grpc.StatusCode.UNAVAILABLE
     return grpc.StatusCode.INTERNAL
 
 
