@@ -386,3 +386,17 @@ def test_up_restarts_a_child_that_dies_and_posts_still_finish(distributed, tmp_p
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert any(e["mask"] for e in result["entities"])  # the restarted seg server answered
+    # A batch naming a post whose result the workers stored already takes it from the store.
+    posts = tmp_path / "again.jsonl"
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "a.jpg").write_bytes(SAMPLE_IMAGE.read_bytes())
+    posts.write_text(json.dumps({"id": "after-restart", "text": POSTS[0][1], "image": "a.jpg"}))
+    out = tmp_path / "again-out.jsonl"
+    again = subprocess.run(
+        [riveg, "batch", str(posts), "--images", str(tmp_path / "images"), "--out", str(out),
+         "--broker", BROKER, "--json"],
+        env=distributed["env"], capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    summary = json.loads(again.stdout.strip().splitlines()[-1])
+    assert (summary["done"], summary["from_store"]) == (1, 1), again.stderr[-2000:]
+    assert json.loads(out.read_text())["job_id"] == result["job_id"]  # not processed again

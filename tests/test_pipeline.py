@@ -245,3 +245,29 @@ def test_more_entities_than_one_call_takes_go_in_several_calls(cluster, sample_b
     assert [[e[k] for k in keys] for e in split["entities"]] == [
         [e[k] for k in keys] for e in whole["entities"]
     ]
+
+
+def test_batch_processes_a_repeated_id_once_and_reports_the_repeat(
+    cluster, tmp_path, monkeypatch
+) -> None:
+    from riveg.orchestration import commands
+
+    @contextmanager
+    def reuse(settings):
+        yield cluster
+
+    monkeypatch.setattr(commands, "pipeline_runtime", reuse)
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "a.jpg").write_bytes(SAMPLE_IMAGE.read_bytes())
+    post = {"id": "dup", "text": "NASA in Houston", "image": "a.jpg"}
+    posts = tmp_path / "posts.jsonl"
+    posts.write_text("".join(json.dumps(p) + "\n" for p in (post, post, post)))
+    out = tmp_path / "out.jsonl"
+    done = CliRunner().invoke(commands.batch, [str(posts), "--images", str(images),
+                                               "--out", str(out), "--json"])  # fmt: skip
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (summary["done"], summary["failed"]) == (1, 2)
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in records] == ["dup", "line-2", "line-3"]
+    assert records[1]["error"] == "line 2: the id 'dup' is on line 1 already; not processed twice"

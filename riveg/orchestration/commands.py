@@ -23,6 +23,7 @@ from riveg.core.observability import flush_tracing, setup_tracing, start_metrics
 from riveg.core.stages import QUEUES, STAGES
 from riveg.core.storage import open_store
 from riveg.orchestration.celery_app import configure_app, queue_name
+from riveg.orchestration.jobs import result_key
 from riveg.orchestration.overlay import render_overlay
 from riveg.orchestration.pipeline import submit_post
 from riveg.orchestration.runtime import EmbeddedCluster, Runtime, set_runtime
@@ -307,9 +308,9 @@ def batch(
     settings = cli_settings(config_file, broker_url=broker_url)
     setup_tracing(settings, "riveg-batch")
     done = _done_ids(out_path)
-    entries = list(_read_batch(input_path))
+    entries = _without_duplicates(_read_batch(input_path))
     todo = [e for e in entries if e[1] is None or e[1]["id"] not in done]
-    counts = {"done": 0, "failed": 0, "skipped": len(entries) - len(todo)}
+    counts = {"done": 0, "failed": 0, "skipped": len(entries) - len(todo), "from_store": 0}
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with (
         pipeline_runtime(settings) as runtime,
@@ -319,8 +320,9 @@ def batch(
     ):
         started = time.perf_counter()  # models are loaded: time the posts alone
 
-        def record(entry: dict[str, Any]) -> None:
+        def record(entry: dict[str, Any], from_store: bool = False) -> None:
             counts["failed" if "error" in entry else "done"] += 1
+            counts["from_store"] += from_store
             out.write(json.dumps(entry, ensure_ascii=False) + "\n")
             out.flush()
             bar.update(1)
@@ -341,6 +343,28 @@ def batch(
         sys.exit(1)
 
 
+def _without_duplicates(entries: Iterable[BatchEntry]) -> list[BatchEntry]:
+    """The entries, an id seen on an earlier line replaced by that line's error: each post is
+    processed once, and each repetition reported once."""
+    first_line: dict[str, int] = {}
+    kept: list[BatchEntry] = []
+    for number, post, error in entries:
+        if post is not None and post["id"] in first_line:
+            kept.append(
+                (
+                    number,
+                    None,
+                    f"line {number}: the id {post['id']!r} is on line "
+                    f"{first_line[post['id']]} already; not processed twice",
+                )
+            )
+            continue
+        if post is not None:
+            first_line[post["id"]] = number
+        kept.append((number, post, error))
+    return kept
+
+
 def _run_batch(
     runtime: Any,
     todo: list[BatchEntry],
@@ -348,7 +372,7 @@ def _run_batch(
     window: int,
     knowledge: bool | None,
     timeout: float,
-    record: Callable[[dict[str, Any]], None],
+    record: Callable[..., None],
 ) -> None:
     """Submit posts (keeping at most ``window`` in flight) and record each outcome; each post is
     validated (text, image path, image bytes and header) before anything of it is uploaded."""
@@ -372,6 +396,10 @@ def _run_batch(
         if post is None:
             record({"id": f"line-{number}", "error": error})
             continue
+        stored = _stored_result(runtime, post["id"])
+        if stored is not None:  # finished by the workers before (e.g. while this client was down)
+            record(stored, from_store=True)
+            continue
         try:
             check_text(post["text"], limits.max_text_chars)
             image_bytes = read_image_file(image_path(root, post.get("image")), limits)
@@ -384,6 +412,17 @@ def _run_batch(
         in_flight.append((post["id"], submission, time.monotonic()))
         collect(block=False)
     collect(block=True)
+
+
+def _stored_result(runtime: Any, post_id: str) -> dict[str, Any] | None:
+    """With a broker: the post's result if the workers stored one already, else None."""
+    if runtime.settings.embedded:
+        return None
+    try:
+        key = result_key(post_id)
+        return runtime.store.get_json(key) if runtime.store.exists(key) else None
+    except Exception:  # the store cannot say: process the post
+        return None
 
 
 def _outcome(post_id: str, submission: Any) -> dict[str, Any]:
