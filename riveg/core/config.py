@@ -94,6 +94,12 @@ class PipelineSettings(Section):
     max_retries: int | None = Field(
         None, description="retries of such a step; unset: as many as `retry_for_s` allows"
     )
+    max_starts: int = Field(
+        3,
+        gt=0,
+        description="starts of one try of a step (its worker died each time: out of memory, "
+        "killed) after which the post is poison: failed and kept on `<queue_prefix>.dead`",
+    )
 
     @property
     def retries(self) -> int:

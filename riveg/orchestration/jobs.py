@@ -104,6 +104,11 @@ class JobStore(ABC):
     def backlog(self) -> int:
         """How many jobs are queued or running."""
 
+    @abstractmethod
+    def count_start(self, task_id: str, attempt: int) -> int:
+        """Count a start of try ``attempt`` of task ``task_id``: how many times it has started.
+        More than one: the message came back because a worker died running it."""
+
 
 class MemoryJobStore(JobStore):
     """Records in this process (embedded mode); ended jobs are forgotten after ``ttl_s``."""
@@ -113,6 +118,7 @@ class MemoryJobStore(JobStore):
         self._jobs: dict[str, Record] = {}
         self._keys: dict[str, str] = {}
         self._ended: deque[tuple[float, str]] = deque()
+        self._starts: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def _forget_expired(self) -> None:
@@ -167,6 +173,12 @@ class MemoryJobStore(JobStore):
     def backlog(self) -> int:
         with self._lock:
             return sum(1 for r in self._jobs.values() if r.get("status") in ACTIVE)
+
+    def count_start(self, task_id: str, attempt: int) -> int:
+        with self._lock:
+            key = f"{task_id}:{attempt}"
+            self._starts[key] = self._starts.get(key, 0) + 1
+            return self._starts[key]
 
 
 ADVANCE_SCRIPT = """
@@ -263,6 +275,14 @@ class RedisJobStore(JobStore):
 
     def backlog(self) -> int:
         return int(self.redis.scard(self._active))
+
+    def count_start(self, task_id: str, attempt: int) -> int:
+        key = f"{self.prefix}:starts:{task_id}:{attempt}"
+        with self.redis.pipeline() as pipe:
+            pipe.incr(key)
+            pipe.expire(key, self.ttl_s)
+            count, _ = pipe.execute()
+        return int(count)
 
     def ping(self) -> bool:
         """Whether Redis answers."""

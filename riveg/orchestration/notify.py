@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import Any
 
 import httpx
-from kombu import Connection, Exchange
+from kombu import Connection, Exchange, Queue
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
 
 from riveg.core.config import Settings
@@ -114,6 +114,20 @@ def publish_outcome(settings: Settings, document: dict[str, Any]) -> None:
             retry=True,
             retry_policy={"max_retries": 5, "interval_start": 1, "interval_step": 2},
         )
+
+
+def publish_dead(settings: Settings, state: dict[str, Any], reason: str) -> None:
+    """Keep a poison post's state on the durable queue ``<queue_prefix>.dead`` with the reason
+    in its ``x-riveg-error`` header, for an operator to look at."""
+    url = settings.broker.url.get_secret_value()  # type: ignore[union-attr]
+    name = f"{settings.broker.queue_prefix}.dead"
+    exchange = Exchange(name, type="direct", durable=True)
+    queue = Queue(name, exchange, routing_key="dead", durable=True)
+    with Connection(url, connect_timeout=10) as connection:
+        connection.Producer(serializer="json").publish(
+            state, exchange=exchange, routing_key="dead", declare=[queue], delivery_mode=2,
+            headers={"x-riveg-error": reason}, retry=True,
+        )  # fmt: skip
 
 
 def job_document(record: Record, result: dict[str, Any] | None) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from riveg.core.storage import StoreUnavailable
 from riveg.orchestration import metrics
 from riveg.orchestration.celery_app import STEPS, app, task_name
 from riveg.orchestration.jobs import now, result_key
-from riveg.orchestration.notify import finish_job
+from riveg.orchestration.notify import finish_job, publish_dead
 from riveg.orchestration.runtime import Runtime, get_runtime
 from riveg.serving.client import StageInputError, TransientStageError
 from riveg.serving.messages import (
@@ -87,6 +87,7 @@ class StepTask(Task):
             if job_id:
                 runtime.jobs.update(job_id, status="running", step=self.step)
             outcome = "failure"
+            self._refuse_poison(runtime, state, started)
             try:
                 result = super().__call__(state)
                 outcome = "success"
@@ -113,6 +114,28 @@ class StepTask(Task):
             result.setdefault("timings_ms", {}).setdefault(self.step, elapsed)
             log.info("step done", outcome="ok", ms=elapsed)
         return result
+
+    def _refuse_poison(self, runtime: Runtime, state: State, started: float) -> None:
+        """A try that keeps coming back (its worker died running it, ``acks_late`` brought it
+        back) ends the post after ``RIVEG_PIPELINE_MAX_STARTS`` starts: failed, with the
+        reason, and kept on the dead-letter queue; never a redelivery loop."""
+        if not self.request.id or runtime.settings.embedded:
+            return
+        starts = runtime.jobs.count_start(self.request.id, self.request.retries)
+        limit = runtime.settings.pipeline.max_starts
+        if starts <= limit:
+            return
+        reason = (f"poison post: step {self.step} was started {starts} times and its worker "
+                  f"died each time (limit {limit})")  # fmt: skip
+        log.error("step refused", outcome="poison", ms=self._ms(started), error=reason)
+        metrics.TASKS.labels(self.step, "poison").inc()
+        try:
+            publish_dead(runtime.settings, state, reason)
+        except Exception as exc:  # the post still fails: say why it is not on the queue
+            log.error("cannot keep the poison post", error=str(exc))
+        error = PostError(f"post {state.get('id')!r}: {reason}")
+        self._failed(runtime, state.get("job_id"), error)
+        raise error
 
     @staticmethod
     def _ms(started: float) -> float:

@@ -85,7 +85,7 @@ def delete_queues(broker_url: str, prefix: str) -> None:
     """Delete the ``<prefix>.<queue>`` queues of every stage and ``pipeline``, the intake and
     callbacks queues and the results exchange on the broker, the ones a test's workers or
     submissions declared (one never declared is skipped)."""
-    queues = [*QUEUES, "intake", "intake.dead", "callbacks"]
+    queues = [*QUEUES, "intake", "intake.dead", "callbacks", "dead"]
     with Connection(broker_url) as connection:
         channel = connection.channel()
         for queue in queues:
@@ -94,7 +94,7 @@ def delete_queues(broker_url: str, prefix: str) -> None:
             except Exception:  # never declared: the broker closes the channel; open another
                 channel = connection.channel()
         # Celery declares a direct exchange named after each queue it routes to.
-        for exchange in (*QUEUES, "results", "intake.dead"):
+        for exchange in (*QUEUES, "results", "intake.dead", "dead"):
             try:
                 channel.exchange_delete(f"{prefix}.{exchange}")
             except Exception:
