@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import importlib.util
+import threading
+import time
 from pathlib import Path
 
+import grpc
 import pytest
 
 from riveg.core.config import load_settings
 from riveg.core.storage import LocalObjectStore
 from riveg.sample import SAMPLE_TEXT
-from services.llm.backends import create_backend
+from riveg.serving.backend import ServerStopping
+from riveg.serving.server import _status_for
+from services.llm.backends import LlmRouter, create_backend
 from services.llm.cache import GenerationCache
 
 pytestmark = pytest.mark.skipif(
@@ -45,3 +50,29 @@ def test_expansion_is_a_short_line_and_a_repeat_costs_nothing(gemma, tmp_path: P
         assert gemma.cache.hits == 1 and gemma.cache.misses == 1
     finally:
         gemma.cache = None
+
+
+def test_stopping_cuts_a_generation_short(gemma) -> None:
+    """What a stopping server does once its grace is over: the decoding loop ends at the next
+    token and the call raises ServerStopping (answered UNAVAILABLE: the task retries it)."""
+    router = LlmRouter(load_settings(), expand_backend="gemma", knowledge_backend="gemma")
+    router.backends["gemma"] = gemma
+    outcome: dict = {}
+
+    def generate() -> None:
+        started = time.monotonic()
+        try:
+            gemma.generate(["Once upon a time"], 400, [])
+        except ServerStopping as exc:
+            outcome["error"] = exc
+        outcome["seconds"] = time.monotonic() - started
+
+    thread = threading.Thread(target=generate)
+    thread.start()
+    time.sleep(0.5)
+    router.stop()
+    thread.join(timeout=20)
+    gemma.stopping.clear()  # the module's other tests go on with it
+    assert isinstance(outcome.get("error"), ServerStopping), outcome
+    assert outcome["seconds"] < 5  # 400 tokens take far longer on this CPU
+    assert _status_for(ServerStopping("x")) == grpc.StatusCode.UNAVAILABLE

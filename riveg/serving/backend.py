@@ -16,8 +16,13 @@ from typing import ClassVar, Generic, TypeVar
 from riveg.core.config import Settings
 
 
+class ServerStopping(RuntimeError):
+    """The server stopped while this call was running: it was cut short (try another server)."""
+
+
 class Backend(ABC):
-    """Base of every stage backend: load once, then predict; thread-safe readiness."""
+    """Base of every stage backend: load once, then predict; thread-safe readiness. ``stop()``
+    asks long predictions (a generation loop) to end early, as a server shutting down does."""
 
     name: ClassVar[str]
     version: ClassVar[str] = "1"
@@ -27,6 +32,11 @@ class Backend(ABC):
         self.settings = settings
         self._ready = False
         self._load_lock = threading.Lock()
+        self.stopping = threading.Event()
+
+    def stop(self) -> None:
+        """Make predictions still running end early (they raise ServerStopping)."""
+        self.stopping.set()
 
     @abstractmethod
     def _load(self) -> None:

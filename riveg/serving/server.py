@@ -28,7 +28,7 @@ from riveg.core.observability import tag_current_span
 from riveg.core.stages import Stage
 from riveg.core.storage import ObjectNotFound, StoreUnavailable
 from riveg.serving import metrics
-from riveg.serving.backend import Backend
+from riveg.serving.backend import Backend, ServerStopping
 from riveg.serving.client import JOB_ID_KEY, channel_options
 from riveg.serving.manager import ModelManager, warm
 from riveg.serving.security import admin_refusal, server_credentials
@@ -42,7 +42,7 @@ def _status_for(exc: Exception) -> grpc.StatusCode:
         return grpc.StatusCode.INVALID_ARGUMENT
     if isinstance(exc, ObjectNotFound):
         return grpc.StatusCode.NOT_FOUND
-    if isinstance(exc, StoreUnavailable):  # the caller's task retries it
+    if isinstance(exc, (StoreUnavailable, ServerStopping)):  # the caller's task retries it
         return grpc.StatusCode.UNAVAILABLE
     return grpc.StatusCode.INTERNAL
 
@@ -264,6 +264,11 @@ class StageServer:
             return
         self._set_status(health_pb2.HealthCheckResponse.NOT_SERVING)
         self.server.stop(self.settings.grpc.shutdown_grace_s if grace is None else grace).wait()
+        # The grace is over: calls still computing (a generation) are cut short, so that their
+        # threads end and the process can exit.
+        for backend in (self.spec.models.current, self.spec.models.previous):
+            if backend is not None:
+                backend.stop()
         self._stopped.set()
         log.info("server stopped", stage=self.spec.stage.name)
 

