@@ -11,6 +11,8 @@ Tools come from .ci/deploy-tools.sh; a test whose tool is missing skips and says
 from __future__ import annotations
 
 import copy
+import hashlib
+import http.server
 import json
 import os
 import re
@@ -18,16 +20,27 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import tomllib
 from collections.abc import Iterator
+from concurrent import futures
 from functools import cache
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 import yaml
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from prometheus_client.metrics import MetricWrapperBase
 
-from riveg.core.stages import STAGE_TABLE, STAGES
+import riveg.gateway.metrics
+import riveg.orchestration.metrics
+import riveg.serving.metrics
+from riveg.core.config import Settings, load_settings
+from riveg.core.stages import QUEUES, STAGE_TABLE, STAGES
+from riveg.gateway.app import load_api_keys
+from riveg.serving.security import server_credentials
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -1126,16 +1139,12 @@ def test_create_secrets_script(generated_secrets: Path) -> None:
 
 def _api_key_digests(path: Path) -> set[str]:
     """The digests of the gateway's API keys file, read as the gateway reads it."""
-    from riveg.gateway.app import load_api_keys
-
     lines = path.read_text().splitlines()
     assert lines and all(re.fullmatch(r"sha256:[0-9a-f]{64}", line) for line in lines), lines
     return set(load_api_keys(path))
 
 
 def _sha256(text: str) -> str:
-    import hashlib
-
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -1236,18 +1245,18 @@ def test_create_secrets_keeps_existing(tmp_path: Path) -> None:
     assert " create " not in (tmp_path / "some" / "out" / "calls").read_text()
 
 
+def _healthcheck(args: tuple[str, ...], env: dict[str, str]) -> int:
+    """The exit status of deploy/docker/healthcheck.py run with these arguments and environment."""
+    script = DEPLOY / "docker" / "healthcheck.py"
+    return subprocess.run(
+        [sys.executable, str(script), *args], env=env, capture_output=True, timeout=30
+    ).returncode
+
+
 def test_healthcheck_speaks_tls(generated_secrets: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The stage servers' probe (riveg-healthcheck grpc [SERVICE]) with base/config.env's TLS
     settings and the generated certificates: SERVING passes, NOT_SERVING fails; without the
     client certificate, or in plaintext, the server refuses the connection."""
-    grpc = pytest.importorskip("grpc")
-    from concurrent import futures
-
-    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-
-    from riveg.core.config import load_settings
-    from riveg.serving.security import server_credentials
-
     config = _env_file(DEPLOY / "base" / "config.env")
     mounts = {
         "/etc/riveg/tls/server/": f"{generated_secrets}/riveg-grpc-server/",
@@ -1272,12 +1281,7 @@ def test_healthcheck_speaks_tls(generated_secrets: Path, monkeypatch: pytest.Mon
     server.start()
 
     def probe(*args: str, **overrides: str) -> int:
-        run_env = {**env, "RIVEG_GRPC_PORT": str(port), **overrides}
-        script = DEPLOY / "docker" / "healthcheck.py"
-        proc = subprocess.run(
-            [sys.executable, str(script), *args], env=run_env, capture_output=True, timeout=30
-        )
-        return proc.returncode
+        return _healthcheck(args, {**env, "RIVEG_GRPC_PORT": str(port), **overrides})
 
     try:
         assert probe("grpc") == 0
@@ -1293,8 +1297,6 @@ def test_healthcheck_speaks_tls(generated_secrets: Path, monkeypatch: pytest.Mon
 def test_healthcheck_http() -> None:
     """The gateway image's Docker health check (riveg-healthcheck http [PATH]): 200 passes, any
     other status or no server fails; it asks loopback when the gateway binds every address."""
-    import http.server
-    import threading
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -1310,11 +1312,7 @@ def test_healthcheck_http() -> None:
 
     def probe(*args: str, port: int = server.server_address[1]) -> int:
         env = {**os.environ, "RIVEG_GATEWAY_HOST": "0.0.0.0", "RIVEG_GATEWAY_PORT": str(port)}
-        script = DEPLOY / "docker" / "healthcheck.py"
-        proc = subprocess.run(
-            [sys.executable, str(script), *args], env=env, capture_output=True, timeout=30
-        )
-        return proc.returncode
+        return _healthcheck(args, env)
 
     try:
         assert probe("http") == 0
@@ -1436,8 +1434,6 @@ def test_metrics_ports(objs: list[Obj]) -> None:
 
 def test_metrics_settings_exist() -> None:
     """The metrics and tracing lines of config.env are settings the code reads."""
-    from riveg.core.config import Settings
-
     config = _env_file(DEPLOY / "base" / "config.env")
     for key in ("RIVEG_METRICS_HOST", "RIVEG_TRACING_EXPORTER"):
         section, field = key.removeprefix("RIVEG_").lower().split("_", 1)
@@ -1607,12 +1603,6 @@ def _code_metrics() -> dict[str, tuple[str, frozenset[str]]]:
     """Series name -> (metric family, label names) of every Prometheus metric RiVEG defines (stage
     servers, workers, gateway): counters as <family>_total, histograms as _bucket (with le), _sum
     and _count, gauges as they are."""
-    from prometheus_client.metrics import MetricWrapperBase
-
-    import riveg.gateway.metrics
-    import riveg.orchestration.metrics
-    import riveg.serving.metrics
-
     suffixes = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_sum", "_count")}
     series = {}
     modules = (riveg.serving.metrics, riveg.orchestration.metrics, riveg.gateway.metrics)
@@ -1680,8 +1670,6 @@ def test_alert_rules(monitored: list[Obj]) -> None:
     there, each with a severity, a summary and a description; the stage alerts cover every stage,
     their job and container matchers name real scrape targets, the queue alerts every RiVEG
     queue; the backlog alert fires at 80 % of RIVEG_GATEWAY_MAX_BACKLOG."""
-    from riveg.core.stages import QUEUES
-
     (rule,) = _find(monitored, "PrometheusRule")
     alerts = [r for g in rule["spec"]["groups"] for r in g["rules"]]
     assert {a["alert"] for a in alerts} == ALERTS

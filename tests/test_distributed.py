@@ -35,12 +35,14 @@ from tests.support.processes import (
     delete_job_records,
     delete_queues,
     free_port,
+    spawn_gateway,
     spawn_up,
     stop_up,
 )
 
 pytestmark = pytest.mark.integration
 
+RIVEG = str(Path(sys.executable).parent / "riveg")
 BROKER = os.environ.get("RIVEG_TEST_BROKER", "amqp://guest:guest@127.0.0.1:5672//")
 REDIS = os.environ.get("RIVEG_TEST_REDIS", "redis://127.0.0.1:6379/8")  # this module's db
 POSTS = [
@@ -116,9 +118,8 @@ def test_distributed_results_equal_embedded_and_bad_posts_fail_alone(
     posts = tmp_path / "posts.jsonl"
     posts.write_text("".join(json.dumps(line) + "\n" for line in lines))
     out = tmp_path / "out.jsonl"
-    riveg = str(Path(sys.executable).parent / "riveg")
     done = subprocess.run(
-        [riveg, "batch", str(posts), "--images", str(images), "--out", str(out),
+        [RIVEG, "batch", str(posts), "--images", str(images), "--out", str(out),
          "--broker", BROKER, "--json", "--timeout", "300"],
         env=distributed["env"], capture_output=True, text=True, timeout=900,
     )  # fmt: skip
@@ -132,31 +133,6 @@ def test_distributed_results_equal_embedded_and_bad_posts_fail_alone(
         embedded = submit_post(cluster, text, SAMPLE_IMAGE.read_bytes(), post_id).get()
         assert _strip(records[post_id]) == _strip(embedded), post_id
     assert any(e["mask"] for r in records.values() for e in r.get("entities", []))
-
-
-def _start_gateway(env: dict[str, str], log: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "riveg"), "gateway", "--port", str(port)],
-            env=env, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        if process.poll() is not None:
-            pytest.fail(f"riveg gateway exited {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            ready = httpx.get(f"{url}/readyz", timeout=5)
-            if ready.status_code == 200:
-                assert set(ready.json()["checked"]) == {"broker", "job_records", "store"}
-                return process, url
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"riveg gateway not ready:\n{log.read_text()[-3000:]}")
-        time.sleep(0.5)
 
 
 def test_gateway_amqp_intake_and_results_exchange(distributed, tmp_path: Path) -> None:
@@ -182,7 +158,11 @@ def test_gateway_amqp_intake_and_results_exchange(distributed, tmp_path: Path) -
     env = {**distributed["env"], "RIVEG_GATEWAY_URL_HOSTS": "127.0.0.1",
            "RIVEG_GATEWAY_CALLBACK_SECRET": "dist-secret"}  # fmt: skip
     prefix = env["RIVEG_BROKER_QUEUE_PREFIX"]
-    process, url = _start_gateway(env, tmp_path / "gateway.log")
+    try:
+        process, url, ready = spawn_gateway(env, tmp_path / "gateway.log", timeout=120)
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    assert set(ready["checked"]) == {"broker", "job_records", "store"}
     image = base64.b64encode(SAMPLE_IMAGE.read_bytes()).decode()
     job_schema = Draft202012Validator(json.loads((SCHEMAS / "job.schema.json").read_text()))
     try:
@@ -279,6 +259,19 @@ STAGE_RPCS = {"llm": "Expand", "mner": "Recognize", "ve": "Entail", "vg": "Groun
               "seg": "Segment"}  # fmt: skip
 
 
+def _analyze_with_a_person(env: dict[str, str], post_id: str) -> dict:
+    """`riveg analyze --broker` on a post with a person (every stage is called); its result."""
+    done = subprocess.run(
+        [RIVEG, "analyze", "--text", POSTS[0][1], "--image", str(SAMPLE_IMAGE), "--id",
+         post_id, "--broker", BROKER, "--json", "--timeout", "300"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert any(e["mask"] for e in result["entities"])
+    return result
+
+
 def test_one_post_moves_every_metric_by_exactly_its_share(distributed, otlp) -> None:
     """Scrape every server and worker `riveg up` started, run one post with a person (so that
     every stage is called once), scrape again: each counter moved by exactly one. The same post
@@ -286,15 +279,7 @@ def test_one_post_moves_every_metric_by_exactly_its_share(distributed, otlp) -> 
     urls = distributed["ready"]["metrics"]
     assert set(urls) == {f"serve-{s}" for s in STAGES} | {f"worker-{q}" for q in QUEUES}
     before = {name: _scrape(url) for name, url in urls.items()}
-    riveg = str(Path(sys.executable).parent / "riveg")
-    done = subprocess.run(
-        [riveg, "analyze", "--text", POSTS[0][1], "--image", str(SAMPLE_IMAGE), "--id",
-         "metrics-1", "--broker", BROKER, "--json", "--timeout", "300"],
-        env=distributed["env"], capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert any(e["mask"] for e in result["entities"])  # every stage was called
+    result = _analyze_with_a_person(distributed["env"], "metrics-1")  # every stage is called
     after = {name: _scrape(url) for name, url in urls.items()}
     for stage, method in STAGE_RPCS.items():
         name = f"serve-{stage}"
@@ -377,15 +362,8 @@ def test_up_restarts_a_child_that_dies_and_posts_still_finish(distributed, tmp_p
             assert time.monotonic() < deadline, f"{name} was not restarted: {ready}"
             time.sleep(0.5)
         assert ready["restarted"] == name and ready["pid"] != ready["processes"][name]
-    riveg = str(Path(sys.executable).parent / "riveg")
-    done = subprocess.run(
-        [riveg, "analyze", "--text", POSTS[0][1], "--image", str(SAMPLE_IMAGE), "--id",
-         "after-restart", "--broker", BROKER, "--json", "--timeout", "300"],
-        env=distributed["env"], capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert any(e["mask"] for e in result["entities"])  # the restarted seg server answered
+    # The post has a mask: the restarted seg server answered.
+    result = _analyze_with_a_person(distributed["env"], "after-restart")
     # A batch naming a post whose result the workers stored already takes it from the store.
     posts = tmp_path / "again.jsonl"
     (tmp_path / "images").mkdir()
@@ -393,7 +371,7 @@ def test_up_restarts_a_child_that_dies_and_posts_still_finish(distributed, tmp_p
     posts.write_text(json.dumps({"id": "after-restart", "text": POSTS[0][1], "image": "a.jpg"}))
     out = tmp_path / "again-out.jsonl"
     again = subprocess.run(
-        [riveg, "batch", str(posts), "--images", str(tmp_path / "images"), "--out", str(out),
+        [RIVEG, "batch", str(posts), "--images", str(tmp_path / "images"), "--out", str(out),
          "--broker", BROKER, "--json"],
         env=distributed["env"], capture_output=True, text=True, timeout=600,
     )  # fmt: skip

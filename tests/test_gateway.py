@@ -26,7 +26,7 @@ from riveg.core.network import check_outbound_url
 from riveg.gateway.client import GatewayClient
 from riveg.orchestration.notify import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign, verify
 from riveg.sample import SAMPLE_IMAGE, SAMPLE_TEXT
-from tests.support.processes import console_script, free_port
+from tests.support.processes import console_script, spawn_gateway
 
 API_KEY = "test-key-5b8e1d"
 CALLBACK_SECRET = "callback-secret-2c9a"
@@ -86,7 +86,6 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     tmp = tmp_path_factory.mktemp("gateway")
     keys = tmp / "keys"
     keys.write_text(f"# test key\nsha256:{hashlib.sha256(API_KEY.encode()).hexdigest()}\n")
-    port = free_port()
     env = {
         "PATH": "/usr/bin:/bin", "HOME": str(tmp),
         "RIVEG_STORE_PATH": str(tmp / "store"),
@@ -98,25 +97,10 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         "RIVEG_LIMITS_MAX_IMAGE_BYTES": str(MAX_IMAGE_BYTES),
     }  # fmt: skip
     log = tmp / "gateway.log"
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [console_script("riveg"), "gateway", "--port", str(port)],
-            env=env, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while True:
-        if process.poll() is not None:
-            pytest.fail(f"riveg gateway exited {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"riveg gateway not ready after 180 s:\n{log.read_text()[-3000:]}")
-        time.sleep(0.5)
+    try:
+        process, url, _ = spawn_gateway(env, log)
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
     try:
         yield {"url": url, "log": log, "store": tmp / "store"}
     finally:

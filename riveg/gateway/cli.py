@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -105,10 +107,17 @@ def gateway(
             intake.close()
 
 
-def _client(config_file: str | None, url: str | None) -> GatewayClient:
+@contextmanager
+def _gateway(config_file: str | None, url: str | None) -> Iterator[GatewayClient]:
+    """A client of the configured gateway; its refusals and timeouts end the command in one
+    line."""
     settings = cli_settings(config_file, gateway_url=url)
     key = settings.gateway.api_key
-    return GatewayClient(settings.gateway.url, key.get_secret_value() if key else None)
+    with GatewayClient(settings.gateway.url, key.get_secret_value() if key else None) as client:
+        try:
+            yield client
+        except (GatewayError, TimeoutError) as exc:
+            raise click.ClickException(str(exc)) from None
 
 
 def _show(job: dict[str, Any], as_json: bool) -> None:
@@ -145,19 +154,16 @@ def submit(
     """Submit a post to the gateway; prints its job (with --wait, when it ends)."""
     if (image_path is None) == (image_url is None):
         raise click.UsageError("give one of --image and --image-url")
-    with _client(config_file, url) as client:
-        try:
-            job = client.submit(
-                post_id or uuid.uuid4().hex,
-                text,
-                image_path,
-                image_url=image_url,
-                callback_url=callback_url,
-            )
-            if wait:
-                job = client.wait(job["job_id"], timeout=timeout)
-        except (GatewayError, TimeoutError) as exc:
-            raise click.ClickException(str(exc)) from None
+    with _gateway(config_file, url) as client:
+        job = client.submit(
+            post_id or uuid.uuid4().hex,
+            text,
+            image_path,
+            image_url=image_url,
+            callback_url=callback_url,
+        )
+        if wait:
+            job = client.wait(job["job_id"], timeout=timeout)
     _show(job, as_json)
     if job["status"] == "failed":
         raise SystemExit(1)
@@ -170,11 +176,8 @@ def submit(
 @config_option
 def status(job_id: str, url: str | None, as_json: bool, config_file: str | None) -> None:
     """A job's status (and its result when done)."""
-    with _client(config_file, url) as client:
-        try:
-            _show(client.get(job_id), as_json)
-        except GatewayError as exc:
-            raise click.ClickException(str(exc)) from None
+    with _gateway(config_file, url) as client:
+        _show(client.get(job_id), as_json)
 
 
 @click.command()
@@ -197,13 +200,10 @@ def result(
     """The result of a job (or of a post id): exit 1 when the job failed."""
     if (job_id is None) == (post_id is None):
         raise click.UsageError("give a JOB_ID or --post ID")
-    with _client(config_file, url) as client:
-        try:
-            job = client.get_post(post_id) if post_id else client.get(job_id or "")
-            if wait:
-                job = client.wait(job["job_id"], timeout=timeout)
-        except (GatewayError, TimeoutError) as exc:
-            raise click.ClickException(str(exc)) from None
+    with _gateway(config_file, url) as client:
+        job = client.get_post(post_id) if post_id else client.get(job_id or "")
+        if wait:
+            job = client.wait(job["job_id"], timeout=timeout)
     if job["status"] != "done":
         _show(job, as_json)
         raise SystemExit(1)

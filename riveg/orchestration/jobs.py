@@ -201,6 +201,7 @@ class RedisJobStore(JobStore):
         self.redis = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
         self.prefix = prefix
         self.ttl_s = ttl_s
+        self._advance = self.redis.register_script(ADVANCE_SCRIPT)  # sent on first use
 
     def _job(self, job_id: str) -> str:
         return f"{self.prefix}:job:{job_id}"
@@ -253,12 +254,6 @@ class RedisJobStore(JobStore):
         move = "srem" if fields["status"] in FINAL else "sadd"
         return bool(self._advance(keys=[self._job(job_id), self._active],
                                   args=[self.ttl_s, job_id, move, *flat]))  # fmt: skip
-
-    @property
-    def _advance(self) -> Any:
-        if not hasattr(self, "_advance_script"):
-            self._advance_script = self.redis.register_script(ADVANCE_SCRIPT)
-        return self._advance_script
 
     def link(self, key: str, job_id: str, replace: bool = False) -> None:
         self.redis.set(self._key(key), job_id, nx=not replace, ex=self.ttl_s)

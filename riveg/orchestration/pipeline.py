@@ -72,11 +72,11 @@ def submit_post(
         image_key = store_image(runtime.store, image_bytes)
     if job_id is None:
         job_id = uuid.uuid4().hex
-        runtime.jobs.update(job_id, **new_record(job_id, post_id or job_id, image_key=image_key))
+        record = new_record(job_id, post_id or job_id, image_key=image_key)
+        runtime.jobs.update(job_id, **record)
         runtime.jobs.link(post_id or job_id, job_id, replace=True)  # the post's latest job
-    else:
-        runtime.jobs.update(job_id, image_key=image_key)
-    record = runtime.jobs.get(job_id) or {}
+    else:  # recorded by the caller (the gateway), its image key included
+        record = runtime.jobs.get(job_id) or {}
     state = {
         "id": post_id or job_id,
         "job_id": job_id,

@@ -13,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import redis
 from kombu import Connection
 
@@ -112,3 +113,30 @@ def delete_job_records(redis_url: str, prefix: str) -> None:
                 client.delete(*keys)
     finally:
         client.close()
+
+
+def spawn_gateway(
+    env: dict[str, str], log: Path, timeout: float = 180.0
+) -> tuple[subprocess.Popen, str, dict]:
+    """Run `riveg gateway` on a free port with its output in ``log``; return the process, its
+    URL and its /readyz answer once ready (RuntimeError with the log's tail otherwise)."""
+    port = free_port()
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [console_script("riveg"), "gateway", "--port", str(port)],
+            env=env, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while process.poll() is None and time.monotonic() < deadline:
+        try:
+            ready = httpx.get(f"{url}/readyz", timeout=5)
+            if ready.status_code == 200:
+                return process, url, ready.json()
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    if process.poll() is None:
+        process.kill()
+    raise RuntimeError(f"riveg gateway not ready (exit {process.poll()}):\n"
+                       f"{log.read_text()[-3000:]}")  # fmt: skip
