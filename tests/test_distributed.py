@@ -356,12 +356,13 @@ def test_up_restarts_a_child_that_dies_and_posts_still_finish(distributed, tmp_p
     the restart counts), keeps everything else running, and a post submitted next finishes."""
     ready = distributed["ready"]  # updated in place by the lines `riveg up` prints
     for name in ("worker-mner", "serve-seg"):
-        os.kill(ready["processes"][name], signal.SIGKILL)
+        killed = ready["processes"][name]
+        os.kill(killed, signal.SIGKILL)
         deadline = time.monotonic() + 60
         while ready.get("restarts", {}).get(name, 0) < 1:
             assert time.monotonic() < deadline, f"{name} was not restarted: {ready}"
             time.sleep(0.5)
-        assert ready["restarted"] == name and ready["pid"] != ready["processes"][name]
+        assert ready["restarted"] == name and ready["processes"][name] == ready["pid"] != killed
     # The post has a mask: the restarted seg server answered.
     result = _analyze_with_a_person(distributed["env"], "after-restart")
     # A batch naming a post whose result the workers stored already takes it from the store.

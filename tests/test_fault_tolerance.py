@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -13,18 +15,27 @@ from types import SimpleNamespace
 
 import grpc
 import pytest
+import redis
 from kombu import Connection, Exchange, Queue
 
 from riveg.core.config import load_settings
-from riveg.core.storage import S3ObjectStore, StoreUnavailable
-from riveg.orchestration.jobs import MemoryJobStore, new_record
+from riveg.core.storage import LocalObjectStore, S3ObjectStore, StoreUnavailable
+from riveg.orchestration.celery_app import celery_config, publish_retry_policy, worker_config
+from riveg.orchestration.jobs import MemoryJobStore, RedisJobStore, new_record, result_key
 from riveg.orchestration.launcher import Launcher, free_port, port_open
+from riveg.orchestration.pipeline import JobFailed, JobResult
 from riveg.orchestration.tasks import TASKS, PostError, StepTask
-from riveg.serving.client import StageClient, TransientStageError
+from riveg.serving.client import (
+    StageClient,
+    TimeBudgetSpent,
+    TransientStageError,
+    time_budget,
+)
 from riveg.serving.messages import box_to_proto, image_ref
 from riveg.serving.server import StageServer
 from riveg.serving.stages import build_stage, stub_class
 from riveg.v1 import mner_pb2, seg_pb2
+from tests.support.private import PrivateRedis
 from tests.support.processes import delete_queues
 
 
@@ -104,6 +115,7 @@ def test_a_try_that_keeps_killing_its_worker_ends_as_poison(monkeypatch) -> None
     fake = SimpleNamespace(settings=settings, store=None, jobs=jobs,
                            client=lambda stage: _AnsweringMner())  # fmt: skip
     monkeypatch.setattr("riveg.orchestration.runtime._runtime", fake)
+    _stored_states(monkeypatch, {})  # no step of the post has finished
     state = {"id": "poison", "job_id": "job-poison", "text": "NASA", "entities": [],
              "image": {"key": "images/x", "width": 1, "height": 1}, "models": {},
              "timings_ms": {}}  # fmt: skip
@@ -125,3 +137,162 @@ def test_a_try_that_keeps_killing_its_worker_ends_as_poison(monkeypatch) -> None
     finally:
         time.sleep(1)  # the job's outcome is published from a pool thread
         delete_queues(BROKER, prefix)
+
+
+class _DownJobs(MemoryJobStore):
+    """Job records whose Redis is down: every read fails."""
+
+    def get(self, job_id: str):  # type: ignore[override]
+        raise redis.exceptions.ConnectionError("Connection refused")
+
+
+def test_a_client_waits_on_the_job_record_and_falls_back_to_the_store(tmp_path: Path) -> None:
+    """`riveg batch`/`analyze` wait on the job record and read the result from the store; with
+    the records unreachable (Redis restarting) the store alone says when this job is done;
+    ready() never raises, and get() ends with the outcome or a TimeoutError."""
+    store = LocalObjectStore(tmp_path)
+    jobs = MemoryJobStore()
+    runtime = SimpleNamespace(jobs=jobs, store=store)
+    jobs.update("job-1", **new_record("job-1", "post-1"))
+    waiting = JobResult(runtime, "post-1", "job-1", poll_s=0)
+    assert not waiting.ready()
+    with pytest.raises(TimeoutError, match=r"has not ended after 0\.2 s"):
+        waiting.get(timeout=0.2)
+    store.put_json(result_key("post-1"), {"id": "post-1", "job_id": "job-1", "entities": []})
+    jobs.update("job-1", status="done", result_key=result_key("post-1"))
+    assert waiting.get(timeout=1)["job_id"] == "job-1"
+
+    jobs.update("job-2", **new_record("job-2", "post-2"))
+    jobs.update("job-2", status="failed", error="seg: PostError: post 'post-2': not an image")
+    with pytest.raises(JobFailed, match=r"^seg: PostError: post 'post-2': not an image$"):
+        JobResult(runtime, "post-2", "job-2", poll_s=0).get(timeout=1)
+
+    runtime.jobs = _DownJobs()
+    stale = JobResult(runtime, "post-1", "an-earlier-job", poll_s=0)
+    assert not stale.ready()  # the stored result is another job's: not this one's outcome
+    assert JobResult(runtime, "post-1", "job-1", poll_s=0).get(timeout=1)["id"] == "post-1"
+
+
+class _RecordingStub:
+    """A stub whose method records its deadline and, past it, fails as gRPC would."""
+
+    def __init__(self, takes_s: float) -> None:
+        self.takes_s = takes_s
+        self.timeouts: list[float] = []
+
+    def Recognize(self, request: object, timeout: float, metadata: object) -> object:
+        self.timeouts.append(timeout)
+        if self.takes_s > timeout:
+            raise _DeadlineExceeded()
+        return mner_pb2.RecognizeResponse(model="fake@1")
+
+
+class _DeadlineExceeded(grpc.RpcError):
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+
+    def details(self) -> str:
+        return "Deadline Exceeded"
+
+
+def test_a_step_time_limit_is_every_stage_call_s_deadline() -> None:
+    """Celery's thread pool cannot kill a step: its stage calls share its time limit as their
+    gRPC deadline, and a call cut short by it (or made with nothing left) fails the step for
+    good instead of being retried as a slow server would be."""
+    settings = load_settings(grpc_timeout_s=60)
+    client = StageClient("mner", f"127.0.0.1:{free_port()}", stub_class("mner"), settings)
+    request = mner_pb2.RecognizeRequest(text="NASA")
+    try:
+        client.stub = _RecordingStub(takes_s=0.0)
+        client.call("Recognize", request)
+        with time_budget(2.0):
+            client.call("Recognize", request)
+        assert client.stub.timeouts[0] == 60 and 1.5 < client.stub.timeouts[1] <= 2.0
+        client.stub = _RecordingStub(takes_s=5.0)
+        with time_budget(1.0), pytest.raises(TimeBudgetSpent, match="cut short"):
+            client.call("Recognize", request)
+        with pytest.raises(TransientStageError):  # without a budget: the server was slow
+            client.call("Recognize", request, timeout=1.0)
+        with time_budget(0.0), pytest.raises(TimeBudgetSpent, match="not called"):
+            client.call("Recognize", request)
+        assert not issubclass(TimeBudgetSpent, TransientStageError)
+    finally:
+        client.close()
+
+
+def _stored_states(monkeypatch: pytest.MonkeyPatch, states: dict[str, str]) -> None:
+    """Task states as the result backend would give them (PENDING when absent)."""
+
+    def state_of(task: StepTask, task_id: str) -> SimpleNamespace:
+        return SimpleNamespace(state=states.get(task_id, "PENDING"))
+
+    monkeypatch.setattr(StepTask, "AsyncResult", state_of)
+
+
+def test_a_step_whose_result_is_stored_is_not_done_again(monkeypatch) -> None:
+    """A step's message that comes back after its result was stored (broker restart before the
+    acknowledgement) is skipped: Celery sent the next step before storing the result, so doing
+    it again would only repeat the stage call and send the rest of the chain twice."""
+    settings = load_settings(broker_url=BROKER, store_kind="local")
+    calls: list[str] = []
+
+    class _Counting(_AnsweringMner):
+        def call(self, method: str, request: object, job_id: str = "") -> object:
+            calls.append(method)
+            return super().call(method, request, job_id)
+
+    fake = SimpleNamespace(settings=settings, store=None, jobs=MemoryJobStore(),
+                           client=lambda stage: _Counting())  # fmt: skip
+    monkeypatch.setattr("riveg.orchestration.runtime._runtime", fake)
+    stored = {"task-done": "SUCCESS"}
+    _stored_states(monkeypatch, stored)
+    state = {"id": "p", "job_id": "j", "text": "NASA", "entities": [],
+             "image": {"key": "images/x", "width": 1, "height": 1}, "models": {},
+             "timings_ms": {}}  # fmt: skip
+    assert TASKS["mner"].apply(args=[dict(state)], task_id="task-new").state == "SUCCESS"
+    assert TASKS["mner"].apply(args=[dict(state)], task_id="task-done").state == "IGNORED"
+    assert calls == ["Recognize"]
+
+
+def test_sending_a_message_rides_out_a_broker_restart_for_the_retry_time() -> None:
+    for retry_for_s in (10.0, 300.0):
+        policy = publish_retry_policy(retry_for_s)
+        waits = [min(float(n), policy["interval_max"]) for n in range(policy["max_retries"])]
+        assert sum(waits) >= retry_for_s > sum(waits[:-1])
+    settings = load_settings(broker_url=BROKER)
+    config = celery_config(settings)
+    assert config["task_publish_retry_policy"] == publish_retry_policy(300.0)
+    assert config["broker_connection_max_retries"] is None
+    assert worker_config()["result_backend_always_retry"] is True
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
+def test_a_worker_s_job_records_wait_for_a_redis_that_restarts(tmp_path: Path) -> None:
+    """A worker's job store waits for its Redis (a private one, stopped and started again on
+    the same port) instead of failing the step; a client's store gives up within seconds."""
+    server = PrivateRedis("redis", tmp_path)
+    server.start()
+    try:
+        patient = RedisJobStore(server.url(), "riveg-jobs:t", 60, patience_s=60)
+        impatient = RedisJobStore(server.url(), "riveg-jobs:t", 60)
+        patient.update("job", **new_record("job", "post"))
+        server.stop()
+        outcome: dict[str, object] = {}
+
+        def update() -> None:
+            outcome["updated"] = patient.update("job", status="running", step="mner")
+
+        waiting = threading.Thread(target=update)
+        waiting.start()
+        started = time.monotonic()
+        with pytest.raises(redis.exceptions.ConnectionError):
+            impatient.get("job")
+        assert time.monotonic() - started < 10
+        time.sleep(2)
+        assert waiting.is_alive()  # still waiting for Redis
+        server.start()
+        waiting.join(timeout=30)
+        assert outcome == {"updated": True}
+        assert patient.get("job")["step"] == "mner"  # kept across the restart (append-only)
+    finally:
+        server.stop()

@@ -84,7 +84,12 @@ class PipelineSettings(Section):
     """The per-post chain: which steps run, how long one may take, how failures are retried."""
 
     knowledge: bool = Field(False, description="run the LLM knowledge step before MNER")
-    task_time_limit_s: int = Field(600, description="hard limit of one step's task")
+    task_time_limit_s: int = Field(
+        600,
+        gt=0,
+        description="time limit of one step: its stage calls share it as their gRPC deadline "
+        "(the thread pool cannot kill a task), and a step past it fails the post",
+    )
     retry_for_s: float = Field(
         300.0,
         gt=0,

@@ -16,9 +16,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import redis
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from kombu.exceptions import OperationalError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
@@ -28,6 +30,7 @@ from riveg import __version__
 from riveg.core.config import ConfigError, Settings
 from riveg.core.images import decode_image, encode_png, rle_to_mask
 from riveg.core.logging import get_logger
+from riveg.core.storage import StoreUnavailable
 from riveg.gateway import metrics
 from riveg.gateway.intake import Intake, PostIn, Refused
 from riveg.orchestration.overlay import render_overlay
@@ -181,8 +184,17 @@ ERRORS = {
 }
 
 
+DEPENDENCY_DOWN: dict[type[Exception], str] = {
+    redis.exceptions.ConnectionError: "the job records (Redis) are unreachable",
+    redis.exceptions.TimeoutError: "the job records (Redis) do not answer",
+    StoreUnavailable: "the object store is unreachable",
+    OperationalError: "the broker is unreachable",
+}
+"""Errors of a dependency that is down or restarting: 503 with Retry-After, never a 500."""
+
+
 def _refusal(status: int, message: str, field: str | None = None) -> JSONResponse:
-    headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 429 else None
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if status in (429, 503) else None
     return JSONResponse(ErrorOut(error=message, field=field).model_dump(), status, headers)
 
 
@@ -248,6 +260,14 @@ def create_app(settings: Settings, intake: Intake, ready_checks: dict[str, Any])
     async def _refused(request: Request, exc: Refused) -> JSONResponse:
         metrics.POSTS.labels("refused").inc()
         return _refusal(exc.status, exc.message, exc.field)
+
+    async def _dependency_down(request: Request, exc: Exception) -> JSONResponse:
+        reason = next(text for kind, text in DEPENDENCY_DOWN.items() if isinstance(exc, kind))
+        log.warning("dependency down", route=request.url.path, error=f"{type(exc).__name__}: {exc}")
+        return _refusal(503, f"{reason}; try again shortly")
+
+    for kind in DEPENDENCY_DOWN:
+        app.add_exception_handler(kind, _dependency_down)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:

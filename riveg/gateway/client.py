@@ -86,12 +86,23 @@ class GatewayClient:
         return self._json(self.http.get(f"/v1/posts/{quote(post_id, safe='')}"))
 
     def wait(self, job_id: str, timeout: float = 600.0, interval: float = 0.5) -> dict[str, Any]:
-        """Poll the job until it is done or failed; TimeoutError after ``timeout`` seconds."""
+        """Poll the job until it is done or failed; TimeoutError after ``timeout`` seconds. A
+        gateway that is restarting or whose dependencies are (503, connection refused) is
+        asked again, not given up on."""
         deadline = time.monotonic() + timeout
+        status = "unknown"
         while True:
-            job = self.get(job_id)
-            if job["status"] in FINAL:
-                return job
+            try:
+                job = self.get(job_id)
+                status = job["status"]
+                if status in FINAL:
+                    return job
+            except GatewayError as exc:
+                if exc.status != 503:
+                    raise
+                status = f"unknown ({exc.message})"
+            except httpx.TransportError as exc:
+                status = f"unknown ({type(exc).__name__})"
             if time.monotonic() > deadline:
-                raise TimeoutError(f"job {job_id} still {job['status']} after {timeout:.0f} s")
+                raise TimeoutError(f"job {job_id} still {status} after {timeout:.0f} s")
             time.sleep(interval)

@@ -22,10 +22,10 @@ from riveg.core.logging import get_logger
 from riveg.core.observability import flush_tracing, setup_tracing, start_metrics_server
 from riveg.core.stages import QUEUES, STAGES
 from riveg.core.storage import open_store
-from riveg.orchestration.celery_app import configure_app, queue_name
-from riveg.orchestration.jobs import result_key
+from riveg.orchestration.celery_app import configure_app, queue_name, worker_config
+from riveg.orchestration.jobs import ACTIVE, result_key
 from riveg.orchestration.overlay import render_overlay
-from riveg.orchestration.pipeline import submit_post
+from riveg.orchestration.pipeline import JobFailed, JobResult, submit_post
 from riveg.orchestration.runtime import EmbeddedCluster, Runtime, set_runtime
 from riveg.orchestration.tasks import PostError
 from riveg.serving.client import StageCallError
@@ -327,7 +327,9 @@ def batch(
             out.flush()
             bar.update(1)
 
-        _run_batch(runtime, todo, images_dir, window, knowledge, timeout, record)
+        counts["reattached"] = _run_batch(
+            runtime, todo, images_dir, window, knowledge, timeout, record
+        )
         elapsed = time.perf_counter() - started
     summary = {**counts, "seconds": round(elapsed, 2),
                "posts_per_s": round((counts["done"] + counts["failed"]) / max(elapsed, 1e-9), 3),
@@ -373,19 +375,23 @@ def _run_batch(
     knowledge: bool | None,
     timeout: float,
     record: Callable[..., None],
-) -> None:
+) -> int:
     """Submit posts (keeping at most ``window`` in flight) and record each outcome; each post is
-    validated (text, image path, image bytes and header) before anything of it is uploaded."""
+    validated (text, image path, image bytes and header) before anything of it is uploaded.
+    With a broker, a post whose result is stored is taken from the store, and a post whose job
+    (from an earlier run) is still queued or running is waited for, not submitted again.
+    Returns how many were re-attached so."""
     limits = runtime.settings.limits
     root = images_dir.resolve()
     in_flight: list[tuple[str, Any, float]] = []
+    reattached = 0
 
     def collect(block: bool) -> None:
         while in_flight:
-            for index, (post_id, submission, since) in enumerate(in_flight):
-                if submission.result.ready() or time.monotonic() - since > timeout:
+            for index, (post_id, outcome, since) in enumerate(in_flight):
+                if outcome.ready() or time.monotonic() - since > timeout:
                     in_flight.pop(index)
-                    record(_outcome(post_id, submission))
+                    record(_outcome(post_id, outcome))
                     break
             else:
                 if not block and len(in_flight) < window:
@@ -400,6 +406,12 @@ def _run_batch(
         if stored is not None:  # finished by the workers before (e.g. while this client was down)
             record(stored, from_store=True)
             continue
+        running = _job_in_flight(runtime, post["id"])
+        if running is not None:  # submitted by an earlier run and not ended: wait for it
+            reattached += 1
+            in_flight.append((post["id"], running, time.monotonic()))
+            collect(block=False)
+            continue
         try:
             check_text(post["text"], limits.max_text_chars)
             image_bytes = read_image_file(image_path(root, post.get("image")), limits)
@@ -409,9 +421,10 @@ def _run_batch(
         except Exception as exc:  # a bad post must not stop the batch
             record({"id": post["id"], "error": f"{type(exc).__name__}: {exc}"})
             continue
-        in_flight.append((post["id"], submission, time.monotonic()))
+        in_flight.append((post["id"], submission.result, time.monotonic()))
         collect(block=False)
     collect(block=True)
+    return reattached
 
 
 def _stored_result(runtime: Any, post_id: str) -> dict[str, Any] | None:
@@ -425,10 +438,25 @@ def _stored_result(runtime: Any, post_id: str) -> dict[str, Any] | None:
         return None
 
 
-def _outcome(post_id: str, submission: Any) -> dict[str, Any]:
+def _job_in_flight(runtime: Any, post_id: str) -> JobResult | None:
+    """With a broker: the post's latest job if it is still queued or running, else None."""
+    if runtime.settings.embedded:
+        return None
+    try:
+        record = runtime.jobs.find(post_id)
+    except Exception:  # the job records cannot say: submit the post
+        return None
+    if record is None or record.get("status") not in ACTIVE:
+        return None
+    return JobResult(runtime, post_id, record["job_id"])
+
+
+def _outcome(post_id: str, outcome: Any) -> dict[str, Any]:
     """The finished (or timed-out) post's result, or its error record."""
     try:
-        return submission.get(timeout=1.0)  # ready, or past --timeout: then it fails at once
+        return outcome.get(timeout=1.0)  # ready, or past --timeout: then it fails at once
+    except JobFailed as exc:  # the job record's error names the step
+        return {"id": post_id, "error": str(exc)}
     except Exception as exc:
         return {"id": post_id, "error": f"{type(exc).__name__}: {exc}"}
 
@@ -476,8 +504,9 @@ def worker(
     # The thread pool runs every task in this process: one registry, no multiprocess mode.
     start_metrics_server(settings, metrics_port)
     app = configure_app(settings)
+    app.conf.update(worker_config())
     # The tasks of this worker reach the store and the stage servers these settings name.
-    set_runtime(Runtime(settings, open_store(settings)))
+    set_runtime(Runtime(settings, open_store(settings), patient=True))
     names = ",".join(queue_name(settings, q) for q in queues)
     node = f"{settings.broker.queue_prefix}-{'+'.join(queues)}@%h"
     app.worker_main([

@@ -23,10 +23,14 @@ from collections import deque
 from typing import Any
 
 import redis
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.retry import Retry
 
 from riveg.core.config import Settings
 
 Record = dict[str, Any]
+REDIS_RETRY_MAX_WAIT_S = 5.0
+"""Longest wait between two tries of a Redis command while Redis is unreachable."""
 ACTIVE = ("queued", "running")
 FINAL = ("done", "failed")
 
@@ -197,8 +201,15 @@ class RedisJobStore(JobStore):
     """Records as Redis hashes (``<prefix>:job:<job_id>``), claims as keys set only when absent
     (``<prefix>:key:<key>``), the backlog as a set of job ids; all expire after ``ttl_s``."""
 
-    def __init__(self, url: str, prefix: str, ttl_s: int) -> None:
-        self.redis = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
+    def __init__(self, url: str, prefix: str, ttl_s: int, patience_s: float = 0.0) -> None:
+        """``patience_s``: how long a command waits for a Redis that is down or restarting
+        (reconnecting with jittered backoff up to 5 s) before it raises; 0: a few tries."""
+        retries = 3 + int(patience_s / REDIS_RETRY_MAX_WAIT_S)
+        self.redis = redis.Redis.from_url(
+            url, socket_timeout=10, socket_connect_timeout=5,
+            retry=Retry(ExponentialWithJitterBackoff(cap=REDIS_RETRY_MAX_WAIT_S, base=0.25),
+                        retries),
+        )  # fmt: skip
         self.prefix = prefix
         self.ttl_s = ttl_s
         self._advance = self.redis.register_script(ADVANCE_SCRIPT)  # sent on first use
@@ -284,13 +295,14 @@ class RedisJobStore(JobStore):
         return bool(self.redis.ping())
 
 
-def open_jobs(settings: Settings) -> JobStore:
+def open_jobs(settings: Settings, patience_s: float = 0.0) -> JobStore:
     """Memory in embedded mode; else Redis at the result backend's URL (records prefixed by the
-    queue prefix, so that two deployments on one Redis stay apart)."""
+    queue prefix, so that two deployments on one Redis stay apart), whose commands wait up to
+    ``patience_s`` for a Redis that restarts (a worker's steps wait; a client asks again)."""
     if settings.embedded:
         return MemoryJobStore(settings.gateway.jobs_ttl_s)
     url = settings.broker.result_backend.get_secret_value()
     if not url.startswith(("redis://", "rediss://", "unix://")):
         raise ValueError(f"job records need a Redis result backend, not {url.split(':', 1)[0]}")
     return RedisJobStore(url, f"riveg-jobs:{settings.broker.queue_prefix}",
-                         settings.gateway.jobs_ttl_s)  # fmt: skip
+                         settings.gateway.jobs_ttl_s, patience_s)  # fmt: skip

@@ -7,7 +7,8 @@ from prometheus_client import Counter, Histogram
 
 TASKS = Counter(
     "riveg_tasks_total",
-    "Pipeline task runs by task and outcome (success, retry, bad_post, failure).",
+    "Pipeline task runs by task and outcome (success, retry, bad_post, failure, poison, "
+    "done_before: skipped, its result was stored already).",
     ["task", "outcome"],
 )
 TASK_SECONDS = Histogram(

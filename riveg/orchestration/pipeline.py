@@ -3,23 +3,26 @@
 from __future__ import annotations
 
 import hashlib
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from celery import chain
-from celery.result import AsyncResult
+from celery.result import EagerResult
 
 from riveg.core.images import image_content_type
 from riveg.core.limits import check_image_bytes, check_text
+from riveg.core.logging import get_logger
 from riveg.core.observability import post_span
 from riveg.core.storage import ObjectStore
 from riveg.orchestration.celery_app import STEPS
-from riveg.orchestration.jobs import new_record, now
+from riveg.orchestration.jobs import new_record, now, result_key
 from riveg.orchestration.runtime import Runtime
 from riveg.orchestration.tasks import TASKS, PostError
 
-__all__ = ["STEPS", "Submission", "build_chain", "submit_post"]
+__all__ = ["STEPS", "JobFailed", "JobResult", "Submission", "build_chain", "submit_post"]
+log = get_logger("riveg.pipeline")
 
 
 def build_chain(state: dict[str, Any], knowledge: bool = False) -> chain:
@@ -34,7 +37,7 @@ class Submission:
 
     post_id: str
     job_id: str
-    result: AsyncResult | Any
+    result: JobResult | EagerResult | _Failed
 
     def get(self, timeout: float | None = None) -> dict[str, Any]:
         """The post's result; raises the failing step's error (e.g. PostError)."""
@@ -99,7 +102,8 @@ def submit_post(
             except PostError as exc:
                 outcome = _Failed(exc)
             return Submission(state["id"], job_id, outcome)
-        return Submission(state["id"], job_id, workflow.apply_async())
+        workflow.apply_async()
+        return Submission(state["id"], job_id, JobResult(runtime, state["id"], job_id))
 
 
 def store_image(store: ObjectStore, data: bytes) -> str:
@@ -122,3 +126,78 @@ class _Failed:
 
     def get(self, timeout: float | None = None, propagate: bool = True) -> dict[str, Any]:
         raise self.error
+
+
+class JobFailed(PostError):
+    """The post's job ended failed; the message is the error its record holds."""
+
+
+class JobResult:
+    """A distributed post's outcome, read where it outlives any one server: its job record
+    (Redis) says done or failed, and the result itself is read from the object store. When the
+    record cannot be read (Redis restarting, or restarted without its data), the store alone
+    says whether this job's result is there. :meth:`ready` never raises: a client keeps waiting
+    through outages and ends with the post's outcome or its own timeout."""
+
+    def __init__(self, runtime: Runtime, post_id: str, job_id: str, poll_s: float = 0.5) -> None:
+        self.runtime = runtime
+        self.post_id = post_id
+        self.job_id = job_id
+        self.poll_s = poll_s
+        self._outcome: dict[str, Any] | JobFailed | None = None
+        self._checked = 0.0
+        self._warned = False
+
+    def ready(self) -> bool:
+        """Whether the post has ended (asks at most every ``poll_s`` seconds)."""
+        if self._outcome is None and time.monotonic() - self._checked >= self.poll_s:
+            self._checked = time.monotonic()
+            self._outcome = self._look()
+        return self._outcome is not None
+
+    def get(self, timeout: float | None = None, propagate: bool = True) -> dict[str, Any]:
+        """The result once the post has ended; JobFailed if it failed, TimeoutError after
+        ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.ready():
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"post {self.post_id!r} (job {self.job_id}) has not ended "
+                                   f"after {timeout:g} s")  # fmt: skip
+            time.sleep(min(self.poll_s, 0.1))
+        if isinstance(self._outcome, JobFailed):
+            raise self._outcome
+        assert self._outcome is not None
+        return self._outcome
+
+    def _look(self) -> dict[str, Any] | JobFailed | None:
+        try:
+            record = self.runtime.jobs.get(self.job_id)
+        except Exception as exc:  # Redis down: the store can still say
+            self._warn(f"job records unreachable ({type(exc).__name__}); reading the store")
+            record = None
+        try:
+            if record is not None and record.get("status") == "failed":
+                return JobFailed(str(record.get("error") or "failed"))
+            if record is not None and record.get("status") != "done":
+                return None
+            result = self._stored_result(any_job=record is not None)
+            if result is None and record is not None:  # done, but not readable yet
+                self._warn("the job is done but its result is not in the store yet")
+            return result
+        except Exception as exc:  # the store is down: ask again later
+            self._warn(f"the object store is unreachable ({type(exc).__name__})")
+            return None
+
+    def _stored_result(self, any_job: bool) -> dict[str, Any] | None:
+        """The post's stored result: this job's, or (``any_job``: the record says done) the
+        post's latest, as the result key holds one result per post."""
+        key = result_key(self.post_id)
+        if not self.runtime.store.exists(key):
+            return None
+        result = self.runtime.store.get_json(key)
+        return result if any_job or result.get("job_id") == self.job_id else None
+
+    def _warn(self, message: str) -> None:
+        if not self._warned:
+            self._warned = True
+            log.warning(message, post_id=self.post_id, job_id=self.job_id)

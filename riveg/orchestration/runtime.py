@@ -33,13 +33,17 @@ class Runtime:
     _clients: dict[str, StageClient] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _jobs: JobStore | None = None
+    patient: bool = False
+    """A worker's runtime: its job records wait for a Redis that restarts (for as long as a
+    step is retried) instead of failing the step."""
 
     @property
     def jobs(self) -> JobStore:
         """The job records (in this process when embedded, else in the result backend)."""
         with self._lock:
             if self._jobs is None:
-                self._jobs = open_jobs(self.settings)
+                patience = self.settings.pipeline.retry_for_s if self.patient else 0.0
+                self._jobs = open_jobs(self.settings, patience)
             return self._jobs
 
     def client(self, stage: str) -> StageClient:

@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import structlog
-from celery import Task
-from celery.exceptions import Retry
+from celery import Task, states
+from celery.exceptions import Ignore, Retry
 
 from riveg.core.config import RETRY_BACKOFF_MAX_S
 from riveg.core.errors import InvalidInput
@@ -29,7 +29,7 @@ from riveg.orchestration.celery_app import STEPS, app, task_name
 from riveg.orchestration.jobs import now, result_key
 from riveg.orchestration.notify import finish_job, publish_dead
 from riveg.orchestration.runtime import Runtime, get_runtime
-from riveg.serving.client import StageInputError, TransientStageError
+from riveg.serving.client import StageInputError, TransientStageError, time_budget
 from riveg.serving.messages import (
     box_from_proto,
     box_to_proto,
@@ -79,17 +79,20 @@ class StepTask(Task):
             job_id=state.get("job_id"), post_id=state.get("id"), step=self.step
         ):
             attempt = self.request.retries + 1 if self.request.id else 1
-            log.info("step started", attempt=attempt)
+            self._skip_if_done_before(started)
+            runtime = get_runtime()
+            starts = self._refuse_poison(runtime, state, started)
+            log.info("step started", attempt=attempt, start=starts)
             tag_current_span(job_id=state.get("job_id") or "", post_id=str(state.get("id")),
                              step=self.step)  # fmt: skip
-            runtime = get_runtime()
             job_id = state.get("job_id")
             if job_id:
                 runtime.jobs.update(job_id, status="running", step=self.step)
             outcome = "failure"
-            self._refuse_poison(runtime, state, started)
             try:
-                result = super().__call__(state)
+                # Celery's thread pool cannot kill a step: its stage calls share its time limit.
+                with time_budget(runtime.settings.pipeline.task_time_limit_s):
+                    result = super().__call__(state)
                 outcome = "success"
             except (InvalidInput, StageInputError) as exc:
                 outcome = "bad_post"
@@ -115,16 +118,30 @@ class StepTask(Task):
             log.info("step done", outcome="ok", ms=elapsed)
         return result
 
-    def _refuse_poison(self, runtime: Runtime, state: State, started: float) -> None:
-        """A try that keeps coming back (its worker died running it, ``acks_late`` brought it
-        back) ends the post after ``RIVEG_PIPELINE_MAX_STARTS`` starts: failed, with the
-        reason, and kept on the dead-letter queue; never a redelivery loop."""
-        if not self.request.id or runtime.settings.embedded:
+    def _skip_if_done_before(self, started: float) -> None:
+        """A step whose result is stored already is not done again: its message came back
+        (the broker restarted before the acknowledgement, a worker died just after the step),
+        and the post's next step was sent before the result was stored (Celery sends it
+        first), so the chain goes on without it. Raises Ignore: no new state, nothing sent."""
+        if not self.request.id or get_runtime().settings.embedded:
             return
+        if self.AsyncResult(self.request.id).state != states.SUCCESS:
+            return
+        log.info("step skipped", outcome="done_before", ms=self._ms(started))
+        metrics.TASKS.labels(self.step, "done_before").inc()
+        raise Ignore()
+
+    def _refuse_poison(self, runtime: Runtime, state: State, started: float) -> int:
+        """Count this start of this try; a try that keeps coming back (its worker died running
+        it, ``acks_late`` brought it back) ends the post after ``RIVEG_PIPELINE_MAX_STARTS``
+        starts: failed, with the reason, and kept on the dead-letter queue; never a redelivery
+        loop. Returns the start's number (1 in embedded mode, which has no redelivery)."""
+        if not self.request.id or runtime.settings.embedded:
+            return 1
         starts = runtime.jobs.count_start(self.request.id, self.request.retries)
         limit = runtime.settings.pipeline.max_starts
         if starts <= limit:
-            return
+            return starts
         reason = (f"poison post: step {self.step} was started {starts} times and its worker "
                   f"died each time (limit {limit})")  # fmt: skip
         log.error("step refused", outcome="poison", ms=self._ms(started), error=reason)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import grpc
@@ -64,6 +67,26 @@ def stage_error(stage: str, code: grpc.StatusCode, details: str) -> StageCallErr
     return StageCallError(stage, code, details)
 
 
+class TimeBudgetSpent(StageCallError):
+    """The caller's time budget (a pipeline step's time limit) ran out: never retried."""
+
+
+_budget_deadline: ContextVar[float | None] = ContextVar("riveg_budget_deadline", default=None)
+
+
+@contextmanager
+def time_budget(seconds: float | None) -> Iterator[None]:
+    """Stage calls made inside share ``seconds`` (None: no budget): each call's gRPC deadline
+    is at most what remains, so the server drops it once the budget is spent; a call made with
+    nothing left, or cut short by the budget, fails with :class:`TimeBudgetSpent`. This is how
+    a step's time limit holds in a thread-pool worker, which Celery cannot kill."""
+    token = _budget_deadline.set(None if seconds is None else time.monotonic() + seconds)
+    try:
+        yield
+    finally:
+        _budget_deadline.reset(token)
+
+
 class StageClient:
     """A channel to one stage server with its stub, the job id sent as metadata."""
 
@@ -76,14 +99,24 @@ class StageClient:
         self.admin = common_pb2_grpc.ModelAdminStub(self.channel)
 
     def call(self, method: str, request: Any, job_id: str = "", timeout: float | None = None):
-        """Invoke a unary method; a StageCallError subclass on failure."""
+        """Invoke a unary method within the time budget (:func:`time_budget`), if any; a
+        StageCallError subclass on failure."""
+        timeout = timeout or self.settings.grpc.timeout_s
+        deadline = _budget_deadline.get()
+        bounded = deadline is not None and deadline - time.monotonic() < timeout
+        if deadline is not None and bounded:
+            timeout = deadline - time.monotonic()
+            if timeout <= 0:
+                spent = f"{method} not called: the step's time limit is spent"
+                raise TimeBudgetSpent(self.stage, grpc.StatusCode.DEADLINE_EXCEEDED, spent)
         try:
             return getattr(self.stub, method)(
-                request,
-                timeout=timeout or self.settings.grpc.timeout_s,
-                metadata=((JOB_ID_KEY, job_id),),
+                request, timeout=timeout, metadata=((JOB_ID_KEY, job_id),)
             )
         except grpc.RpcError as exc:
+            if bounded and exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                spent = f"{method} cut short: the step's time limit ran out"
+                raise TimeBudgetSpent(self.stage, exc.code(), spent) from exc
             raise stage_error(self.stage, exc.code(), exc.details() or "") from exc
 
     @property

@@ -57,7 +57,10 @@ def spawn_up(
     def read() -> None:
         for line in process.stdout or []:
             if line.startswith("{"):
-                ready.update(json.loads(line))
+                status = json.loads(line)
+                ready.update(status)
+                if "restarted" in status:  # the restarted child's new pid
+                    ready["processes"][status["restarted"]] = status["pid"]
 
     threading.Thread(target=read, daemon=True).start()
     deadline = time.monotonic() + timeout
