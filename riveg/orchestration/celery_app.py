@@ -85,11 +85,18 @@ class PromptReconnectConsumer(Consumer):
 def worker_config() -> dict[str, Any]:
     """What only a worker sets: storing a task's state in the result backend (Redis) waits for
     a result backend that restarts (backoff up to 10 s), instead of failing the task; the
-    consumer reconnects to a restarted broker promptly."""
+    consumer reconnects to a restarted broker promptly, and never freezes after it did."""
     return {
         "result_backend_always_retry": True,
         "result_backend_max_retries": float("inf"),
         "worker_consumer": f"{__name__}:PromptReconnectConsumer",
+        # After a reconnection Celery lowers the prefetch count and raises it again from the
+        # thread that acknowledges a task: in the thread pool that is a pool thread, sending
+        # basic.qos on the connection the consumer thread is reading, and py-amqp is not
+        # thread-safe; both waited for the same reply and the worker froze for good (seen
+        # after a broker restart, with tasks running across it). We prefetch 1 per thread
+        # anyway, so there is nothing to reduce.
+        "worker_enable_prefetch_count_reduction": False,
     }
 
 

@@ -33,6 +33,12 @@ TEXTS = (
     "Great photo from the Kennedy Space Center in Florida today !",
     "Collins commanded Discovery for NASA in 1999 .",
 )
+LONG_TEXT = (
+    "Obama , Merkel , Putin , Macron , Trudeau , Modi , Abe , Erdogan , Netanyahu , Zuma , "
+    "Duterte , Turnbull and Moon met in Paris , London , Berlin , Rome , Madrid , Tokyo and "
+    "Moscow with NASA , Google , Apple and Microsoft ."
+)
+"""A post with about 30 entities: its expansion step takes seconds (a step in flight)."""
 
 
 @dataclass
@@ -158,11 +164,12 @@ def write_posts(
     sample_image: Path,
     big_first: bool = False,
     texts: tuple[str, ...] = TEXTS,
+    long_at: int | None = None,
 ) -> Path:
     """A JSONL of ``count`` posts ``<name>-<i>`` about the sample image, and its images folder;
     ``big_first``: the first post's image is a 14 MB, 4096x4096 PNG (at the pixel limit, a
     third of a second to decode), the kind of post whose decode can push a worker past its
-    memory limit."""
+    memory limit. ``long_at``: that post has :data:`LONG_TEXT`."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "images").mkdir(exist_ok=True)
     (folder / "images" / "sample.jpg").write_bytes(sample_image.read_bytes())
@@ -175,7 +182,8 @@ def write_posts(
     with path.open("w") as out:
         for i in range(count):
             image = "big.png" if big_first and i == 0 else "sample.jpg"
-            post = {"id": f"{name}-{i:04d}", "text": texts[i % len(texts)], "image": image}
+            text = LONG_TEXT if i == long_at else texts[i % len(texts)]
+            post = {"id": f"{name}-{i:04d}", "text": text, "image": image}
             out.write(json.dumps(post) + "\n")
     return path
 
@@ -315,6 +323,19 @@ def repeated_calls(deploy: Deployment, job_ids: set[str]) -> dict[str, int]:
     for (method, _), count in answered.items():
         repeated[method] += count - 1
     return {method: n for method, n in sorted(repeated.items()) if n}
+
+
+def step_in_flight(deploy: Deployment, process: str, step: str, timeout: float = 120.0) -> None:
+    """Wait until ``process`` is running a ``step`` (started, not yet done)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lines = [line for line in deploy.log_lines(process) if line.get("step") == step]
+        started = sum(line.get("event") == "step started" for line in lines)
+        ended = sum(line.get("event") in ("step done", "step failed") for line in lines)
+        if started > ended:
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"no {step} step ran in {process} within {timeout} s")
 
 
 def kill_on_start(
