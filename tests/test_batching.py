@@ -5,11 +5,31 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import ClassVar
 
+import grpc
+import numpy as np
 import pytest
+from PIL import Image
 
+from riveg.core.config import load_settings
+from riveg.core.images import encode_png
+from riveg.core.storage import open_store
 from riveg.serving.batching import DeadlineExpired, DynamicBatcher
+from riveg.serving.client import StageClient, TransientStageError
+from riveg.serving.messages import entity_to_proto, image_ref
+from riveg.serving.server import StageServer
+from riveg.serving.stages import build_stage, stub_class
+from riveg.v1 import ve_pb2
+from services.llm.backends import LLM_BACKENDS
+from services.mner.backends import MNER_BACKENDS
+from services.seg.backends import SEG_BACKENDS
+from services.ve.backends import VE_BACKENDS, VeBackend
+from services.vg.backends import VG_BACKENDS
+from tests.conftest import SAMPLE_IMAGE
 
 
 class Recorder:
@@ -122,31 +142,15 @@ def test_per_item_exceptions_returned_by_the_batch_function_stay_per_item() -> N
     assert isinstance(outcomes[1], KeyError) and isinstance(outcomes[3], KeyError)
 
 
-def test_a_swap_while_batches_run_never_splits_a_batch() -> None:
-    """The batch function reads the model once per batch: a swap lands between batches."""
-    current = {"model": "a"}
-    seen: list[set[str]] = []
-
-    def run(items: list[int]) -> list[tuple[str, int]]:
-        model = current["model"]  # read once for the whole batch
-        used = set()
-        for _item in items:
-            time.sleep(0.005)
-            used.add(model)
-        seen.append(used)
-        return [(model, item) for item in items]
-
-    batcher = DynamicBatcher("t", run, max_batch_size=8, max_queue_delay_ms=5)
-    swapper = threading.Timer(0.05, lambda: current.update(model="b"))
-    swapper.start()
+def test_instances_run_batches_side_by_side() -> None:
+    run = Recorder(takes_s=0.3)
+    batcher = DynamicBatcher("t", run, max_batch_size=1, max_queue_delay_ms=0, instances=2)
     try:
-        with ThreadPoolExecutor(16) as pool:
-            outcomes = list(pool.map(lambda i: batcher(i), range(200)))
+        started = time.monotonic()
+        assert _together(batcher, [1, 2]) == [2, 4]
+        assert time.monotonic() - started < 0.55  # two at once, not one after the other
     finally:
         batcher.close()
-    assert {model for model, _ in outcomes} == {"a", "b"}
-    assert all(len(models) == 1 for models in seen)
-    assert [item for _, item in outcomes] == list(range(200))
 
 
 def test_a_closed_batcher_refuses_new_calls_and_finishes_queued_ones() -> None:
@@ -157,3 +161,130 @@ def test_a_closed_batcher_refuses_new_calls_and_finishes_queued_ones() -> None:
     assert [f.result(timeout=5) for f in futures] == [0, 2, 4, 6, 8]
     with pytest.raises(RuntimeError, match="closed"):
         batcher.submit(9)
+
+
+class _Tagging(VeBackend):
+    """A VE backend that scores every entity with its own version number and records the
+    batches it ran, so a test can see which model answered which call."""
+
+    name = "tagging"
+    version = "1"
+    batches: ClassVar[list[tuple[str, int]]] = []
+
+    def _load(self) -> None:
+        pass
+
+    def entail(self, image: np.ndarray, entities: list[dict]) -> list[tuple[bool, float]]:
+        time.sleep(0.002)
+        return [(True, float(self.version))] * len(entities)
+
+    def entail_batch(self, items: list) -> list:
+        self.batches.append((self.version, len(items)))
+        return super().entail_batch(items)
+
+
+@pytest.fixture
+def tagging_server(tmp_path: Path) -> Iterator[tuple[StageServer, StageClient, str]]:
+    VE_BACKENDS.register("tagging-test")(_Tagging)
+    _Tagging.batches.clear()
+    settings = load_settings(store_kind="local", store_path=tmp_path, ve_backend="tagging-test",
+                             ve_max_queue_delay_ms=20, ve_max_batch_size=8)  # fmt: skip
+    store = open_store(settings)
+    key = store.put_bytes("images/x.png", encode_png(np.zeros((16, 16, 3), np.uint8)), "image/png")
+    server = StageServer(build_stage("ve", settings, store), settings)
+    port = server.start(port=0, host="127.0.0.1")
+    client = StageClient("ve", f"127.0.0.1:{port}", stub_class("ve"), settings)
+    try:
+        yield server, client, key
+    finally:
+        client.close()
+        server.stop(grace=0)
+        VE_BACKENDS._factories.pop("tagging-test")
+
+
+def _entail(client: StageClient, key: str) -> ve_pb2.EntailResponse:
+    request = ve_pb2.EntailRequest(image=image_ref(key, 16, 16),
+                                   entities=[entity_to_proto({"text": "NASA", "type": "ORG",
+                                                              "start": 0, "end": 4})])  # fmt: skip
+    return client.call("Entail", request, timeout=30)
+
+
+def test_a_server_batches_concurrent_calls_and_a_swap_never_mixes_models(tagging_server) -> None:
+    """16 callers at once: the server hands the model batches of several calls; a hot swap in
+    the middle lands between batches, and every answer's scores come from the model it names."""
+    server, client, key = tagging_server
+    swapper = threading.Timer(0.15, lambda: server.spec.models.load("tagging-test@2"))
+    swapper.start()
+    with ThreadPoolExecutor(16) as pool:
+        replies = list(pool.map(lambda _: _entail(client, key), range(400)))
+    swapper.join()
+    models = {reply.model for reply in replies}
+    assert models == {"tagging@1", "tagging-test@2"}, models  # the start-up one, the swapped-in one
+    for reply in replies:  # the scores are the version of the model the reply names
+        assert reply.results[0].score == float(reply.model.rsplit("@", 1)[1])
+    sizes = [size for _, size in _Tagging.batches]
+    assert max(sizes) > 1 and sum(sizes) == 400, sizes
+
+
+def test_a_call_waiting_past_its_deadline_is_dropped_with_deadline_exceeded(
+    tagging_server,
+) -> None:
+    _, client, key = tagging_server
+    request = ve_pb2.EntailRequest(image=image_ref(key, 16, 16),
+                                   entities=[entity_to_proto({"text": "NASA", "type": "ORG",
+                                                              "start": 0, "end": 4})])  # fmt: skip
+    with pytest.raises(TransientStageError) as late:
+        client.call("Entail", request, timeout=0.01)  # shorter than the queue delay
+    assert late.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+POSTS = [
+    "Astronaut Eileen Collins poses at NASA 's Johnson Space Center in Houston .",
+    "Eileen Collins and Barack Obama talk about the shuttle Discovery .",
+    "RT @nasa : Great photo from the Kennedy Space Center in Florida today !",
+    "Manchester United beat Chelsea at Old Trafford on Sunday",
+    "no names here",
+]
+
+
+def _spans(posts: list[list[dict]]) -> list[list[tuple]]:
+    return [[(e["text"], e["start"], e["end"], e["type"]) for e in post] for post in posts]
+
+
+@pytest.mark.slow
+def test_batched_results_equal_one_at_a_time_for_the_offline_backends() -> None:
+    """What a batch answers is what each call alone answers: the same entities for MNER (CRF,
+    spaCy; the CRF's confidence within 1e-5, padding changes float sums), exactly for the
+    rule-based vision backends and GrabCut, and the same generated text for Gemma's greedy
+    decoding with left padding."""
+    settings = load_settings(llm_cache=False)
+    image = np.asarray(Image.open(SAMPLE_IMAGE).convert("RGB"))
+    flipped = np.ascontiguousarray(image[:, ::-1])
+    entities = [[{"text": "Eileen Collins", "type": "PER"}, {"text": "NASA", "type": "ORG"}],
+                [{"text": "Houston", "type": "LOC"}]]  # fmt: skip
+    for key in ("crf", "spacy"):
+        mner = MNER_BACKENDS.create(key, settings)
+        mner.load()
+        batched, alone = mner.recognize(POSTS), [mner.recognize([post])[0] for post in POSTS]
+        assert _spans(batched) == _spans(alone), key  # the same entities, exactly
+        scores = [e.get("score", 1.0) for post in batched for e in post]
+        assert scores == pytest.approx([e.get("score", 1.0) for p in alone for e in p], abs=1e-5)
+    gemma = LLM_BACKENDS.create("gemma", settings)
+    gemma.load()
+    items = [(POSTS[0], entities[0], ""), (POSTS[1], entities[1], ""), (POSTS[4], [], "")]
+    assert gemma.expand_batch(items) == [gemma.expand(*item) for item in items]
+    pictures = [(image, entities[0]), (flipped, entities[1])]
+    for registry, key, method in ((VE_BACKENDS, "person", "entail"),
+                                  (VE_BACKENDS, "groundability", "entail"),
+                                  (VG_BACKENDS, "person", "ground")):  # fmt: skip
+        backend = registry.create(key, settings)
+        backend.load()
+        batched = getattr(backend, f"{method}_batch")(pictures)
+        assert batched == [getattr(backend, method)(*item) for item in pictures], key
+    boxes = [(image, [[100.0, 50.0, 400.0, 500.0]]), (flipped, [[10.0, 10.0, 200.0, 300.0]])]
+    for key in ("grabcut", "selfie"):
+        seg = SEG_BACKENDS.create(key, settings)
+        seg.load()
+        for batched, alone in zip(seg.segment_batch(boxes), [seg.segment(*b) for b in boxes],
+                                  strict=True):  # fmt: skip
+            assert all(np.array_equal(a, b) for a, b in zip(batched, alone, strict=True)), key

@@ -289,7 +289,7 @@ def test_worker_with_broker_flag_and_toml_processes_a_post(
                 _wait_ready(submission.result, worker, log, timeout=180)
                 result = submission.get(timeout=10)
             finally:
-                _forget(submission.result)
+                _forget(submission.task)
     finally:
         _stop(worker)
         runtime.close()

@@ -268,6 +268,9 @@ def test_batch_processes_a_repeated_id_once_and_reports_the_repeat(
                                                "--out", str(out), "--json"])  # fmt: skip
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert (summary["done"], summary["failed"]) == (1, 2)
-    records = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["id"] for r in records] == ["dup", "line-2", "line-3"]
-    assert records[1]["error"] == "line 2: the id 'dup' is on line 1 already; not processed twice"
+    # Lines come in the order posts end (posts run at once): the errors before the post.
+    records = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert sorted(records) == ["dup", "line-2", "line-3"]
+    assert records["line-2"]["error"] == (
+        "line 2: the id 'dup' is on line 1 already; not processed twice"
+    )

@@ -169,7 +169,9 @@ class GrpcSettings(Section):
     """The stage servers' transport, on both ends."""
 
     port: int | None = Field(None, description="server port override (default: the addr's)")
-    workers: int = Field(4, description="threads serving RPCs per server")
+    workers: int = Field(
+        16, description="threads serving RPCs per server (the most calls one batch can hold)"
+    )
     max_message_mb: int = Field(32, description="largest gRPC message, both directions")
     timeout_s: float = Field(120.0, description="deadline of each stage call")
     shutdown_grace_s: float = Field(10.0, description="time in-flight calls get on SIGTERM")
@@ -323,10 +325,31 @@ class StageSettings(Section):
         description="model to serve: `name@version` (model store or builtin) or a model folder; "
         "unset: the backend's own",
     )
+    max_batch_size: int = Field(
+        16,
+        gt=0,
+        description="calls its server's dynamic batcher hands the model at once (1: no batching; "
+        "a model version's manifest `batching` overrides)",
+    )
+    max_queue_delay_ms: float = Field(
+        5.0,
+        ge=0,
+        description="how long the first call of a batch waits for others to join it",
+    )
+    model_instances: int = Field(
+        2,
+        gt=0,
+        description="batches its server runs at once (Triton's instance count): a backend "
+        "that loops over a batch on one core (GrabCut) uses as many cores",
+    )
 
 
 class LlmSettings(StageSettings):
     """The LLM stage: backend per job type, the OpenAI-compatible endpoint, prompts, cache."""
+
+    model_instances: int = Field(
+        1, gt=0, description="batches its server runs at once (one generation uses every core)"
+    )
 
     knowledge_backend: str | None = Field(
         None, description="LLM backend of knowledge jobs (default: RIVEG_LLM_BACKEND)"
@@ -361,6 +384,10 @@ class LlmSettings(StageSettings):
 
 class MnerSettings(StageSettings):
     """The MNER stage."""
+
+    model_instances: int = Field(
+        1, gt=0, description="batches its server runs at once (one forward uses every core)"
+    )
 
     quantize: bool = Field(False, description="crf: dynamic int8 encoder (faster, -0.6 to -1.1 F1)")
 

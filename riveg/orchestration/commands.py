@@ -6,6 +6,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -289,7 +290,9 @@ def _done_ids(out_path: Path) -> set[str]:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Result JSONL (appended; finished posts are skipped on a re-run).",
 )
-@click.option("--window", default=16, show_default=True, help="Posts in flight (broker mode).")
+@click.option(
+    "--window", default=16, show_default=True, help="Posts in flight (embedded: run at once)."
+)
 @submission_options("Seconds to wait for a post.", "Summary as one JSON line.")
 def batch(
     input_path: Path,
@@ -380,11 +383,17 @@ def _run_batch(
     validated (text, image path, image bytes and header) before anything of it is uploaded.
     With a broker, a post whose result is stored is taken from the store, and a post whose job
     (from an earlier run) is still queued or running is waited for, not submitted again.
-    Returns how many were re-attached so."""
+    Returns how many were re-attached so.
+
+    In embedded mode each post's chain runs in a thread of its own (``window`` at once), so
+    that posts overlap and the stage servers' batchers have concurrent calls to batch."""
     limits = runtime.settings.limits
     root = images_dir.resolve()
     in_flight: list[tuple[str, Any, float]] = []
     reattached = 0
+    threads = (
+        ThreadPoolExecutor(window, thread_name_prefix="post") if runtime.settings.embedded else None
+    )
 
     def collect(block: bool) -> None:
         while in_flight:
@@ -398,33 +407,53 @@ def _run_batch(
                     return
                 time.sleep(0.02)
 
-    for number, post, error in todo:
-        if post is None:
-            record({"id": f"line-{number}", "error": error})
-            continue
-        stored = _stored_result(runtime, post["id"])
-        if stored is not None:  # finished by the workers before (e.g. while this client was down)
-            record(stored, from_store=True)
-            continue
-        running = _job_in_flight(runtime, post["id"])
-        if running is not None:  # submitted by an earlier run and not ended: wait for it
-            reattached += 1
-            in_flight.append((post["id"], running, time.monotonic()))
+    try:
+        for number, post, error in todo:
+            if post is None:
+                record({"id": f"line-{number}", "error": error})
+                continue
+            stored = _stored_result(runtime, post["id"])
+            if stored is not None:  # finished by the workers before (this client was down)
+                record(stored, from_store=True)
+                continue
+            running = _job_in_flight(runtime, post["id"])
+            if running is not None:  # submitted by an earlier run and not ended: wait for it
+                reattached += 1
+                in_flight.append((post["id"], running, time.monotonic()))
+                collect(block=False)
+                continue
+            try:
+                check_text(post["text"], limits.max_text_chars)
+                image_bytes = read_image_file(image_path(root, post.get("image")), limits)
+                args = (runtime, post["text"], image_bytes, post["id"], knowledge,
+                        post.get("image_id"))  # fmt: skip
+                if threads is not None:
+                    outcome: Any = _InThread(threads.submit(submit_post, *args))
+                else:
+                    outcome = submit_post(*args).result
+            except Exception as exc:  # a bad post must not stop the batch
+                record({"id": post["id"], "error": f"{type(exc).__name__}: {exc}"})
+                continue
+            in_flight.append((post["id"], outcome, time.monotonic()))
             collect(block=False)
-            continue
-        try:
-            check_text(post["text"], limits.max_text_chars)
-            image_bytes = read_image_file(image_path(root, post.get("image")), limits)
-            submission = submit_post(
-                runtime, post["text"], image_bytes, post["id"], knowledge, post.get("image_id")
-            )
-        except Exception as exc:  # a bad post must not stop the batch
-            record({"id": post["id"], "error": f"{type(exc).__name__}: {exc}"})
-            continue
-        in_flight.append((post["id"], submission.result, time.monotonic()))
-        collect(block=False)
-    collect(block=True)
+        collect(block=True)
+    finally:
+        if threads is not None:
+            threads.shutdown(wait=False, cancel_futures=True)
     return reattached
+
+
+class _InThread:
+    """An embedded post whose chain runs in a thread: ready once it has run."""
+
+    def __init__(self, future: Future) -> None:
+        self.future = future
+
+    def ready(self) -> bool:
+        return self.future.done()
+
+    def get(self, timeout: float | None = None) -> dict[str, Any]:
+        return self.future.result(timeout).result.get(timeout=timeout)
 
 
 def _stored_result(runtime: Any, post_id: str) -> dict[str, Any] | None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery import chain
-from celery.result import EagerResult
+from celery.result import AsyncResult, EagerResult
 
 from riveg.core.images import image_content_type
 from riveg.core.limits import check_image_bytes, check_text
@@ -38,6 +38,9 @@ class Submission:
     post_id: str
     job_id: str
     result: JobResult | EagerResult | _Failed
+    task: AsyncResult | None = None
+    """With a broker: Celery's handle of the chain's last task (its results in the result
+    backend); the post's outcome is read through ``result``, which outlives the backend."""
 
     def get(self, timeout: float | None = None) -> dict[str, Any]:
         """The post's result; raises the failing step's error (e.g. PostError)."""
@@ -102,8 +105,8 @@ def submit_post(
             except PostError as exc:
                 outcome = _Failed(exc)
             return Submission(state["id"], job_id, outcome)
-        workflow.apply_async()
-        return Submission(state["id"], job_id, JobResult(runtime, state["id"], job_id))
+        task = workflow.apply_async()
+        return Submission(state["id"], job_id, JobResult(runtime, state["id"], job_id), task)
 
 
 def store_image(store: ObjectStore, data: bytes) -> str:

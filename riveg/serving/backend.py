@@ -11,9 +11,11 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
-from typing import ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from riveg.core.config import Settings
+
+R = TypeVar("R")
 
 
 class ServerStopping(RuntimeError):
@@ -27,6 +29,7 @@ class Backend(ABC):
     name: ClassVar[str]
     version: ClassVar[str] = "1"
     model_dir: Path | None = None  # the model's folder, when it came from one (store or path)
+    batching: dict[str, Any] | None = None  # a version's own batch limits (its manifest's)
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -58,6 +61,19 @@ class Backend(ABC):
     def model(self) -> str:
         """The model identity reported in every response: ``name@version``."""
         return f"{self.name}@{self.version}"
+
+    @staticmethod
+    def one_by_one(predict: Callable[..., R], items: list[tuple[Any, ...]]) -> list[R | Exception]:
+        """``predict(*item)`` for each item of a batch, an exception standing for its own
+        item's result: what a backend whose model takes one input at a time does with a
+        batch (the others in the batch still answer)."""
+        results: list[R | Exception] = []
+        for item in items:
+            try:
+                results.append(predict(*item))
+            except Exception as exc:
+                results.append(exc)
+        return results
 
 
 B = TypeVar("B", bound=Backend)

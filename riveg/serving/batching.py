@@ -44,9 +44,11 @@ class _Call(Generic[T]):
 
 
 class DynamicBatcher(Generic[T, R]):
-    """Queues calls from many threads and runs them in batches on one thread of its own.
+    """Queues calls from many threads and runs them in batches on threads of its own.
 
     ``max_batch_size`` 1 turns batching off (each call runs alone, in arrival order).
+    ``instances`` batches run at once (Triton's model instances): 1 for a model that uses the
+    whole device; more for a backend that loops over the batch on one CPU core (GrabCut).
     """
 
     def __init__(
@@ -55,9 +57,10 @@ class DynamicBatcher(Generic[T, R]):
         run: BatchFunction,
         max_batch_size: int = 8,
         max_queue_delay_ms: float = 5.0,
+        instances: int = 1,
     ) -> None:
-        if max_batch_size < 1:
-            raise ValueError("max_batch_size must be at least 1")
+        if max_batch_size < 1 or instances < 1:
+            raise ValueError("max_batch_size and instances must be at least 1")
         self.name = name
         self.run = run
         self.max_batch_size = max_batch_size
@@ -65,8 +68,12 @@ class DynamicBatcher(Generic[T, R]):
         self._queue: deque[_Call[T]] = deque()
         self._cond = threading.Condition()
         self._closed = False
-        self._thread = threading.Thread(target=self._loop, name=f"batcher-{name}", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._loop, name=f"batcher-{name}-{i}", daemon=True)
+            for i in range(instances)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def submit(self, item: T, deadline: float | None = None) -> Future:
         """Queue one call; its future gets the item's result (or exception). ``deadline``: a
@@ -86,11 +93,12 @@ class DynamicBatcher(Generic[T, R]):
         return self.submit(item, deadline).result()
 
     def close(self, timeout: float = 10.0) -> None:
-        """Run what is queued, then stop the batcher's thread."""
+        """Run what is queued, then stop the batcher's threads."""
         with self._cond:
             self._closed = True
-            self._cond.notify()
-        self._thread.join(timeout)
+            self._cond.notify_all()
+        for thread in self._threads:
+            thread.join(timeout)
 
     def _next_batch(self) -> list[_Call[T]] | None:
         """Wait for a first call, then for more until the batch is full or the first call has

@@ -54,6 +54,7 @@ def resolve_backend(
         key = str(manifest.get("backend", ""))
         backend = registry.create(key, settings)
         backend.model_dir = models.fetch(stage, ref)  # type: ignore[union-attr]
+        backend.batching = dict(manifest.get("batching") or {})
     elif ref.name in registry.names():
         key = ref.name
         backend = registry.create(key, settings)

@@ -27,6 +27,18 @@ MODEL_INFO = Gauge(
     "The model a stage server answers with (1 for the current one).",
     ["stage", "model", "backend", "device", "dtype"],
 )
+BATCH_SIZE = Histogram(
+    "riveg_stage_batch_size",
+    "Calls handed to the model together by a server's dynamic batcher.",
+    ["batcher"],
+    buckets=(1, 2, 4, 8, 16, 32, 64),
+)
+QUEUE_WAIT = Histogram(
+    "riveg_stage_batch_queue_wait_seconds",
+    "Time a call waited in the dynamic batcher's queue for its batch.",
+    ["batcher"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+)
 MODEL_LOADS = Counter(
     "riveg_stage_model_loads_total",
     "Model loads (start-up and hot swaps) by outcome.",

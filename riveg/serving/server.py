@@ -29,6 +29,7 @@ from riveg.core.stages import Stage
 from riveg.core.storage import ObjectNotFound, StoreUnavailable
 from riveg.serving import metrics
 from riveg.serving.backend import Backend, ServerStopping
+from riveg.serving.batching import DeadlineExpired
 from riveg.serving.client import JOB_ID_KEY, channel_options
 from riveg.serving.manager import ModelManager, warm
 from riveg.serving.security import admin_refusal, server_credentials
@@ -44,6 +45,8 @@ def _status_for(exc: Exception) -> grpc.StatusCode:
         return grpc.StatusCode.NOT_FOUND
     if isinstance(exc, (StoreUnavailable, ServerStopping)):  # the caller's task retries it
         return grpc.StatusCode.UNAVAILABLE
+    if isinstance(exc, DeadlineExpired):  # waited for its batch past its deadline
+        return grpc.StatusCode.DEADLINE_EXCEEDED
     return grpc.StatusCode.INTERNAL
 
 
@@ -269,6 +272,8 @@ class StageServer:
         for backend in (self.spec.models.current, self.spec.models.previous):
             if backend is not None:
                 backend.stop()
+        if hasattr(self.spec.servicer, "close"):
+            self.spec.servicer.close()
         self._stopped.set()
         log.info("server stopped", stage=self.spec.stage.name)
 

@@ -11,7 +11,9 @@ and entity limits.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import grpc
@@ -22,11 +24,14 @@ from riveg.core.images import fetch_image
 from riveg.core.limits import check_count, check_text
 from riveg.core.storage import ObjectStore
 from riveg.serving.backend import Backend, BackendRegistry
+from riveg.serving.batching import DynamicBatcher
 from riveg.serving.manager import ModelManager
 from riveg.serving.server import check_deadline
 from riveg.v1 import common_pb2
 
 Handler = Callable[[Any, Backend, Any, grpc.ServicerContext, Any], Any]
+BatchRun = Callable[[Any, list[Any]], Sequence[Any]]
+"""``run(backend, items)``: one result (or exception) per item."""
 
 
 class StageServicer:
@@ -42,6 +47,53 @@ class StageServicer:
     def __init__(self, models: ModelManager, store: ObjectStore | None) -> None:
         self.models = models
         self.store = store
+        self._batchers: dict[str, DynamicBatcher] = {}
+        self._batchers_lock = threading.Lock()
+
+    def batched(
+        self, name: str, run: BatchRun, item: Any, context: grpc.ServicerContext
+    ) -> tuple[Backend, Any]:
+        """Hand ``item`` to this server's dynamic batcher ``name``: concurrent calls are run
+        together by ``run(backend, items)`` (one result or exception per item), the backend
+        read once per batch so that a hot swap never splits one. Returns the backend that ran
+        the item and its result; the call's deadline goes with it (DeadlineExpired when it
+        passes in the queue). Batch limits: the model version's manifest ``batching``, else
+        ``RIVEG_<STAGE>_MAX_BATCH_SIZE`` and ``_MAX_QUEUE_DELAY_MS``."""
+        batcher = self._batcher(name, run)
+        size, delay_ms = self.batch_limits()
+        batcher.max_batch_size, batcher.max_queue_delay_s = size, delay_ms / 1000
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else time.monotonic() + remaining
+        return batcher.submit(item, deadline).result()
+
+    def batch_limits(self) -> tuple[int, float]:
+        """(max batch size, max queue delay in ms) for the model answering now."""
+        section = self.models.settings.stage(self.stage)
+        override = getattr(self.models.current, "batching", None) or {}
+        return (int(override.get("max_batch_size", section.max_batch_size)),
+                float(override.get("max_queue_delay_ms", section.max_queue_delay_ms)))  # fmt: skip
+
+    def _batcher(self, name: str, run: BatchRun) -> DynamicBatcher:
+        with self._batchers_lock:
+            if name not in self._batchers:
+
+                def run_batch(items: list[Any]) -> list[Any]:
+                    backend = self.backend  # once per batch
+                    results = run(backend, items)
+                    return [r if isinstance(r, BaseException) else (backend, r) for r in results]
+
+                size, delay_ms = self.batch_limits()
+                instances = self.models.settings.stage(self.stage).model_instances
+                self._batchers[name] = DynamicBatcher(f"{self.stage}.{name}", run_batch, size,
+                                                      delay_ms, instances)  # fmt: skip
+            return self._batchers[name]
+
+    def close(self) -> None:
+        """Stop the batchers (what they hold queued still runs)."""
+        with self._batchers_lock:
+            for batcher in self._batchers.values():
+                batcher.close()
+            self._batchers.clear()
 
     @classmethod
     def create_models(cls, settings: Settings, store: ObjectStore | None) -> ModelManager:

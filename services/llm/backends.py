@@ -84,6 +84,17 @@ class LlmBackend(Backend):
     def knowledge(self, text: str, image_description: str = "") -> str:
         """An auxiliary-knowledge paragraph about the post's entities."""
 
+    def expand_batch(
+        self, items: list[tuple[str, list[dict[str, Any]], str]]
+    ) -> list[list[str] | Exception]:
+        """:meth:`expand` of several calls ``(text, entities, knowledge)`` handed over together
+        by the server's batcher (one call at a time unless a backend does better)."""
+        return self.one_by_one(self.expand, items)
+
+    def knowledge_batch(self, items: list[tuple[str, str]]) -> list[str | Exception]:
+        """:meth:`knowledge` of several calls ``(text, image_description)`` at once."""
+        return self.one_by_one(self.knowledge, items)
+
 
 class GenerativeBackend(LlmBackend):
     """A backend that generates text from the shared prompts, with the generation cache."""
@@ -151,14 +162,29 @@ class GenerativeBackend(LlmBackend):
     # --- the two jobs ---
 
     def expand(self, text: str, entities: list[dict[str, Any]], knowledge: str = "") -> list[str]:
-        prompts = self.expand_prompts(text, entities, knowledge)
-        raw = self.complete(prompts, self.settings.llm.max_new_tokens, NEWLINE_STOP)
-        return [clean_description(r) for r in raw]
+        return self.expand_batch([(text, entities, knowledge)])[0]  # type: ignore[return-value]
 
     def knowledge(self, text: str, image_description: str = "") -> str:
-        prompt = self.knowledge_prompt(text, image_description)
-        raw = self.complete([prompt], self.settings.llm.knowledge_max_new_tokens, NEWLINE_STOP)
-        return raw[0].strip()
+        return self.knowledge_batch([(text, image_description)])[0]  # type: ignore[return-value]
+
+    def expand_batch(
+        self, items: list[tuple[str, list[dict[str, Any]], str]]
+    ) -> list[list[str] | Exception]:
+        """The expansions of every entity of every call in one batched generation."""
+        prompts: list[str] = []
+        spans: list[tuple[int, int]] = []
+        for text, entities, knowledge in items:
+            mine = self.expand_prompts(text, entities, knowledge)
+            spans.append((len(prompts), len(mine)))
+            prompts.extend(mine)
+        raw = self.complete(prompts, self.settings.llm.max_new_tokens, NEWLINE_STOP)
+        return [[clean_description(r) for r in raw[start : start + n]] for start, n in spans]
+
+    def knowledge_batch(self, items: list[tuple[str, str]]) -> list[str | Exception]:
+        """The knowledge paragraphs of several calls in one batched generation."""
+        prompts = [self.knowledge_prompt(text, description) for text, description in items]
+        raw = self.complete(prompts, self.settings.llm.knowledge_max_new_tokens, NEWLINE_STOP)
+        return [r.strip() for r in raw]
 
 
 def gemma_gguf_path() -> Path:

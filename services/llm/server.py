@@ -49,11 +49,6 @@ class LlmServicer(StageServicer, llm_pb2_grpc.LlmServiceServicer):
         router = LlmRouter(settings, store)
         return ModelManager("llm", LLM_BACKENDS, settings, router, router.backend_name)
 
-    @staticmethod
-    def _for_job(current: LlmBackend, job: str) -> LlmBackend:
-        # A backend swapped in by ModelAdmin/Load serves both jobs.
-        return current.for_job(job) if isinstance(current, LlmRouter) else current
-
     @stage_rpc(llm_pb2.KnowledgeResponse)
     def Knowledge(self, current, request, context, response):
         self.check_text(request.text)
@@ -61,9 +56,10 @@ class LlmServicer(StageServicer, llm_pb2_grpc.LlmServiceServicer):
         description = request.image_description
         if not description.strip() and (request.image.key or request.image_id):
             description = self._describe(request.image, request.image_id).text
-        backend = self._for_job(current, "knowledge")
-        response.knowledge = backend.knowledge(request.text, description)
-        response.model = backend.model
+        item = (request.text, description)
+        _, (model, knowledge) = self.batched("knowledge", _knowledge, item, context)
+        response.knowledge = knowledge
+        response.model = model
 
     @stage_rpc(llm_pb2.ExpandResponse)
     def Expand(self, current, request, context, response):
@@ -71,11 +67,10 @@ class LlmServicer(StageServicer, llm_pb2_grpc.LlmServiceServicer):
         self.check_count(len(request.entities))
         check_deadline(context, MIN_DEADLINE_S)
         entities = list(request.entities)
-        backend = self._for_job(current, "expand")
-        descriptions = backend.expand(
-            request.text, [{"text": e.text, "type": e.type} for e in entities], request.knowledge
-        )
-        response.model = backend.model
+        item = (request.text, [{"text": e.text, "type": e.type} for e in entities],
+                request.knowledge)  # fmt: skip
+        _, (model, descriptions) = self.batched("expand", _expand, item, context)
+        response.model = model
         for entity, description in zip(entities, descriptions, strict=True):
             message = response.entities.add()
             message.CopyFrom(entity)
@@ -99,3 +94,22 @@ class LlmServicer(StageServicer, llm_pb2_grpc.LlmServiceServicer):
                 return self.describer.describe(None, image_id)
         data = self.store.get_bytes(image.key) if image.key else None
         return self.describer.describe(data, image_id)
+
+
+def for_job(current: LlmBackend, job: str) -> LlmBackend:
+    """The backend of a job type (a backend swapped in by ModelAdmin/Load serves both)."""
+    return current.for_job(job) if isinstance(current, LlmRouter) else current
+
+
+def _expand(current: LlmBackend, items: list) -> list:
+    """Every entity of every waiting Expand call in one generation: (model, descriptions)."""
+    backend = for_job(current, "expand")
+    return [r if isinstance(r, BaseException) else (backend.model, r)
+            for r in backend.expand_batch(items)]  # fmt: skip
+
+
+def _knowledge(current: LlmBackend, items: list) -> list:
+    """The knowledge paragraphs of the waiting Knowledge calls in one generation."""
+    backend = for_job(current, "knowledge")
+    return [r if isinstance(r, BaseException) else (backend.model, r)
+            for r in backend.knowledge_batch(items)]  # fmt: skip

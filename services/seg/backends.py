@@ -23,9 +23,68 @@ class SegBackend(Backend):
     def segment(self, image: np.ndarray, boxes: list[list[float]]) -> list[np.ndarray]:
         """One HxW uint8 {0,1} mask per box, in order."""
 
+    def segment_batch(
+        self, items: list[tuple[np.ndarray, list[list[float]]]]
+    ) -> list[list[np.ndarray] | Exception]:
+        """:meth:`segment` of several calls ``(image, boxes)`` handed over together by the
+        server's batcher (one image at a time unless a backend does better)."""
+        return self.one_by_one(self.segment, items)
+
     def warm(self) -> None:
         """One call on a small grey image, so the first real call pays no first-call costs."""
         self.segment(WARM_IMAGE, [[8.0, 8.0, 40.0, 40.0]])
+
+
+def grabcut_mask(
+    image: np.ndarray,
+    box: list[float],
+    max_side: int | None = 160,
+    margin: float | None = 0.5,
+    iterations: int = 4,
+) -> np.ndarray:
+    """GrabCut's HxW {0,1} mask of an RGB image for a box, run on a crop: the box and
+    ``margin`` times its size of context on each side (the background GrabCut learns its
+    colours from; None: the whole image), scaled down to at most ``max_side`` pixels on its long
+    side (None: full resolution), the mask scaled back up and kept inside the box."""
+    height, width = image.shape[:2]
+    bx1, by1 = max(0.0, box[0]), max(0.0, box[1])
+    bx2, by2 = min(float(width), box[2]), min(float(height), box[3])
+    if margin is None:
+        cx1, cy1, cx2, cy2 = 0, 0, width, height
+    else:
+        mx, my = margin * (bx2 - bx1), margin * (by2 - by1)
+        cx1, cy1 = max(0, int(bx1 - mx)), max(0, int(by1 - my))
+        cx2, cy2 = min(width, int(np.ceil(bx2 + mx))), min(height, int(np.ceil(by2 + my)))
+    crop = image[cy1:cy2, cx1:cx2]
+    ch, cw = crop.shape[:2]
+    scale = 1.0 if max_side is None else min(1.0, max_side / max(ch, cw))
+    if scale < 1:
+        crop = cv2.resize(crop, (max(1, round(cw * scale)), max(1, round(ch * scale))),
+                          interpolation=cv2.INTER_AREA)  # fmt: skip
+    bgr = cv2.cvtColor(np.ascontiguousarray(crop), cv2.COLOR_RGB2BGR)
+    h, w = bgr.shape[:2]
+    # The rectangle keeps a pixel of background on every side (GrabCut needs some).
+    x1 = int(np.clip(np.floor((bx1 - cx1) * scale), 1, max(1, w - 2)))
+    y1 = int(np.clip(np.floor((by1 - cy1) * scale), 1, max(1, h - 2)))
+    x2 = int(np.clip(np.ceil((bx2 - cx1) * scale), x1 + 1, max(x1 + 1, w - 1)))
+    y2 = int(np.clip(np.ceil((by2 - cy1) * scale), y1 + 1, max(y1 + 1, h - 1)))
+    small = np.zeros((h, w), np.uint8)
+    if x2 - x1 < 3 or y2 - y1 < 3 or w < 5 or h < 5:
+        small[y1:y2, x1:x2] = 1
+    else:
+        cv2.setRNGSeed(0)  # GrabCut's k-means draws from OpenCV's per-thread RNG
+        bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+        cv2.grabCut(bgr, small, (x1, y1, x2 - x1, y2 - y1), bgd, fgd, iterations,
+                    cv2.GC_INIT_WITH_RECT)  # fmt: skip
+        small = np.isin(small, (cv2.GC_FGD, cv2.GC_PR_FGD)).astype(np.uint8)
+    if small.shape != (ch, cw):
+        small = cv2.resize(small, (cw, ch), interpolation=cv2.INTER_NEAREST)
+    mask = np.zeros((height, width), np.uint8)
+    mask[cy1:cy2, cx1:cx2] = small
+    # A box-prompted mask stays inside its box (rescaling can spill a pixel or two).
+    inside = np.zeros_like(mask)
+    inside[int(np.floor(by1)) : int(np.ceil(by2)), int(np.floor(bx1)) : int(np.ceil(bx2))] = 1
+    return mask * inside
 
 
 @SEG_BACKENDS.register("grabcut")
@@ -33,61 +92,25 @@ class GrabCutSegBackend(SegBackend):
     """OpenCV GrabCut initialised with the box (no weights). Seeded, so results are repeatable.
 
     Images are processed at most ``MAX_SIDE`` pixels on their long side and the mask is scaled
-    back to the original size.
+    back to the original size. ``MARGIN`` (None: the whole image) would segment a crop around
+    each box instead: faster, but GrabCut's answer moves with its context and scale
+    (``benchmarks/seg_grabcut.py`` measures both against full resolution), so it is not the
+    default.
     """
 
     name = "opencv-grabcut"
     version = cv2.__version__
     MAX_SIDE = 320
+    MARGIN: float | None = None
     ITERATIONS = 4
 
     def _load(self) -> None:
         cv2.setNumThreads(1)
 
     def segment(self, image: np.ndarray, boxes: list[list[float]]) -> list[np.ndarray]:
-        height, width = image.shape[:2]
-        scale = min(1.0, self.MAX_SIDE / max(height, width))
-        small = (
-            cv2.resize(
-                image, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA
-            )
-            if scale < 1
-            else image
-        )
-        bgr = cv2.cvtColor(np.ascontiguousarray(small), cv2.COLOR_RGB2BGR)
-        return [self._one(bgr, box, scale, (height, width)) for box in boxes]
-
-    def _one(
-        self, bgr: np.ndarray, box: list[float], scale: float, size: tuple[int, int]
-    ) -> np.ndarray:
-        h, w = bgr.shape[:2]
-        x1 = int(np.clip(np.floor(box[0] * scale), 1, w - 2))
-        y1 = int(np.clip(np.floor(box[1] * scale), 1, h - 2))
-        x2 = int(np.clip(np.ceil(box[2] * scale), x1 + 1, w - 1))
-        y2 = int(np.clip(np.ceil(box[3] * scale), y1 + 1, h - 1))
-        mask = np.zeros((h, w), np.uint8)
-        if x2 - x1 < 3 or y2 - y1 < 3:
-            mask[y1:y2, x1:x2] = 1
-        else:
-            cv2.setRNGSeed(0)  # GrabCut's k-means draws from OpenCV's per-thread RNG
-            bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
-            cv2.grabCut(
-                bgr,
-                mask,
-                (x1, y1, x2 - x1, y2 - y1),
-                bgd,
-                fgd,
-                self.ITERATIONS,
-                cv2.GC_INIT_WITH_RECT,
-            )
-            mask = np.isin(mask, (cv2.GC_FGD, cv2.GC_PR_FGD)).astype(np.uint8)
-        if mask.shape != size:
-            mask = cv2.resize(mask, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
-        # A box-prompted mask stays inside its box (rescaling can spill a pixel or two).
-        inside = np.zeros_like(mask)
-        x1, y1 = max(0, int(np.floor(box[0]))), max(0, int(np.floor(box[1])))
-        inside[y1 : int(np.ceil(box[3])), x1 : int(np.ceil(box[2]))] = 1
-        return mask * inside
+        return [
+            grabcut_mask(image, box, self.MAX_SIDE, self.MARGIN, self.ITERATIONS) for box in boxes
+        ]
 
 
 @SEG_BACKENDS.register("selfie")

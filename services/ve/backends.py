@@ -30,6 +30,13 @@ class VeBackend(Backend):
     def entail(self, image: np.ndarray, entities: list[dict[str, Any]]) -> list[tuple[bool, float]]:
         """(groundable, score) per entity, in order."""
 
+    def entail_batch(
+        self, items: list[tuple[np.ndarray, list[dict[str, Any]]]]
+    ) -> list[list[tuple[bool, float]] | Exception]:
+        """:meth:`entail` of several calls ``(image, entities)`` handed over together by the
+        server's batcher (one image at a time unless a backend does better)."""
+        return self.one_by_one(self.entail, items)
+
     def warm(self) -> None:
         """One call on a small grey image, so the first real call pays no first-call costs."""
         self.entail(WARM_IMAGE, [WARM_ENTITY])

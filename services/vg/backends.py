@@ -33,6 +33,13 @@ class VgBackend(Backend):
     def ground(self, image: np.ndarray, entities: list[dict[str, Any]]) -> list[Grounding]:
         """(box [x1, y1, x2, y2] or None, score) per entity, in order."""
 
+    def ground_batch(
+        self, items: list[tuple[np.ndarray, list[dict[str, Any]]]]
+    ) -> list[list[Grounding] | Exception]:
+        """:meth:`ground` of several calls ``(image, entities)`` handed over together by the
+        server's batcher (one image at a time unless a backend does better)."""
+        return self.one_by_one(self.ground, items)
+
     def warm(self) -> None:
         """One call on a small grey image, so the first real call pays no first-call costs."""
         self.ground(WARM_IMAGE, [WARM_ENTITY])

@@ -1,0 +1,115 @@
+"""GrabCut as the `grabcut` SEG backend runs it (the whole image scaled to 320 px) and on a
+scaled-down crop around each box, against GrabCut at full resolution on the whole image: mask
+agreement (IoU) and time per box.
+
+    python benchmarks/seg_grabcut.py
+
+Images: the bundled sample (512x512), the Twitter-GMNER sample in ../shared/samples (when
+present), and each of them scaled up 2x. Boxes: the people the
+mediapipe detector finds (the boxes the default VG backend gives) and nine fixed boxes (the
+centre, the four quadrants, four side bands). Variants: the reference (whole image, full
+resolution), the default (whole image scaled to 320 px) and two crops (the box with half, or
+twice, its size of context on each side, scaled to 160 or 200 px). Writes
+benchmarks/results/seg_grabcut.json.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from riveg.vision.person import PersonDetector  # noqa: E402
+from services.seg.backends import GrabCutSegBackend, grabcut_mask  # noqa: E402
+
+RESULT = ROOT / "benchmarks" / "results" / "seg_grabcut.json"
+IMAGES = [
+    ROOT / "samples" / "astronaut.jpg",
+    ROOT.parent / "shared" / "samples" / "16_05_01_127.jpg",
+]
+UPSCALE = 2
+FIXED_BOXES = 9
+VARIANTS = {
+    "reference (whole image, full resolution)": (None, None),
+    "default (whole image at 320 px)": (GrabCutSegBackend.MAX_SIDE, GrabCutSegBackend.MARGIN),
+    "crop (margin 0.5, 160 px)": (160, 0.5),
+    "crop (margin 2, 200 px)": (200, 2.0),
+}
+
+
+def boxes_of(image: np.ndarray, detector: PersonDetector) -> list[list[float]]:
+    """The detector's people and nine fixed boxes."""
+    h, w = image.shape[:2]
+    people = [list(p.box) for p in detector.detect(image)]
+    fixed = [
+        [w * 0.25, h * 0.25, w * 0.75, h * 0.75],
+        [0, 0, w / 2, h / 2], [w / 2, 0, w, h / 2], [0, h / 2, w / 2, h], [w / 2, h / 2, w, h],
+        [0, 0, w / 3, h], [w * 2 / 3, 0, w, h], [0, 0, w, h / 3], [0, h * 2 / 3, w, h],
+    ]  # fmt: skip
+    return people + fixed
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+def main() -> None:
+    detector = PersonDetector()
+    images = []
+    people: dict[str, int] = {}  # the first boxes of each image are the detector's people
+    for path in IMAGES:
+        if not path.is_file():
+            print(f"{path} is absent: skipped", file=sys.stderr)
+            continue
+        rgb = np.asarray(Image.open(path).convert("RGB"))
+        boxes = boxes_of(rgb, detector)
+        people[path.name] = people[f"{path.name} x{UPSCALE}"] = len(boxes) - FIXED_BOXES
+        images.append((path.name, rgb, boxes))
+        big = Image.fromarray(rgb).resize((rgb.shape[1] * UPSCALE, rgb.shape[0] * UPSCALE))
+        images.append((f"{path.name} x{UPSCALE}", np.asarray(big),
+                       [[v * UPSCALE for v in box] for box in boxes]))  # fmt: skip
+    rows = []
+    for name, rgb, boxes in images:
+        for index, box in enumerate(boxes):
+            masks, seconds = {}, {}
+            for variant, (max_side, margin) in VARIANTS.items():
+                started = time.perf_counter()
+                masks[variant] = grabcut_mask(rgb, box, max_side, margin)
+                seconds[variant] = time.perf_counter() - started
+            reference = masks[next(iter(VARIANTS))]
+            rows.append({"image": name, "size": list(rgb.shape[:2]), "box": [round(v) for v in box],
+                         "person": index < people[name],
+                         "iou": {v: round(iou(m, reference), 4) for v, m in masks.items()},
+                         "ms": {v: round(s * 1000, 1) for v, s in seconds.items()}})  # fmt: skip
+            print(json.dumps(rows[-1]), file=sys.stderr)
+    summary = {}
+    for variant in VARIANTS:
+        for scope, chosen in (
+            ("all", rows),
+            ("original size", [r for r in rows if f" x{UPSCALE}" not in r["image"]]),
+            ("people only", [r for r in rows if r["person"]]),
+        ):
+            if not chosen:
+                continue
+            summary.setdefault(variant, {})[scope] = {
+                "mean_iou": round(statistics.mean(r["iou"][variant] for r in chosen), 4),
+                "min_iou": round(min(r["iou"][variant] for r in chosen), 4),
+                "median_ms": round(statistics.median(r["ms"][variant] for r in chosen), 1),
+            }
+    report = {"command": "python benchmarks/seg_grabcut.py", "boxes": len(rows),
+              "summary": summary, "rows": rows}  # fmt: skip
+    RESULT.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps({"boxes": len(rows), "summary": summary}))
+
+
+if __name__ == "__main__":
+    main()
