@@ -16,11 +16,14 @@ import http.server
 import json
 import os
 import re
+import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 import tomllib
 from collections.abc import Iterator
 from concurrent import futures
@@ -40,7 +43,9 @@ import riveg.serving.metrics
 from riveg.core.config import Settings, load_settings
 from riveg.core.stages import QUEUES, STAGE_TABLE, STAGES
 from riveg.gateway.app import load_api_keys
+from riveg.orchestration.launcher import port_open
 from riveg.serving.security import server_credentials
+from tests.support.processes import console_script, delete_queues
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -78,6 +83,9 @@ CREDENTIAL_NAME = re.compile(
     r"^(?!.*_FILE$).*(PASS|SECRET|TOKEN|ACCESS_KEY|API_KEY|BROKER_URL|RESULT_BACKEND|ROOT_)"
 )
 PROBE_TIMING = ["periodSeconds", "timeoutSeconds", "failureThreshold"]
+# Every worker container's liveness probe: its own Celery worker answers a ping through the
+# broker (test_healthcheck_worker_ping runs it against a real worker).
+WORKER_LIVENESS = ["riveg-healthcheck", "worker-ping"]
 INSTALL_HINT = "run `bash .ci/deploy-tools.sh`"
 # The metrics port of each RiVEG process (container port name: number): `riveg serve` (stage
 # servers), `riveg worker` (stage pods' and pipeline pods' workers); the gateway serves /metrics on
@@ -367,6 +375,7 @@ def test_stage_pod(objs: list[Obj], stage: str) -> None:
     assert worker in pod["containers"] and worker["args"] == ["worker", stage]
     assert _env(worker)[f"RIVEG_{stage.upper()}_ADDR"] == f"127.0.0.1:{port}"
     assert worker["image"] == server["image"]
+    _assert_worker_liveness(worker)
 
     for container in _containers(pod):
         resources = container["resources"]
@@ -374,6 +383,17 @@ def test_stage_pod(objs: list[Obj], stage: str) -> None:
         assert container["securityContext"]["allowPrivilegeEscalation"] is False
         assert "RIVEG_BROKER_URL" in _env(container) or container is server
         _assert_writable_dirs(container)
+
+
+def _assert_worker_liveness(worker: Obj) -> None:
+    """A worker that stops answering pings (frozen consumer) is restarted, leniently: the ping
+    waits 5 s for the answer after connecting (3 s at most), far below the probe's timeout."""
+    probe = worker["livenessProbe"]
+    assert set(probe) == {"exec", "initialDelaySeconds", *PROBE_TIMING}
+    assert probe["exec"]["command"] == WORKER_LIVENESS
+    assert probe["initialDelaySeconds"] >= 30 and probe["periodSeconds"] >= 30
+    assert probe["timeoutSeconds"] >= 15 and probe["failureThreshold"] >= 3
+    assert "readinessProbe" not in worker and "startupProbe" not in worker
 
 
 def _secret_files(pod: Obj, container: Obj) -> dict[str, tuple[str, str]]:
@@ -793,10 +813,25 @@ def test_autoscaling(objs: list[Obj], overlay: str) -> None:
     assert pdb["spec"]["maxUnavailable"] == 1
 
 
+def test_worker_liveness_probes(objs: list[Obj]) -> None:
+    """Every container running `riveg worker` has the worker-ping liveness probe."""
+    workers = [
+        (obj["metadata"]["name"], container)
+        for obj in _workloads(objs)
+        for container in _containers(_pod_spec(obj))
+        if _riveg_command(container) == "worker"
+    ]
+    assert {name for name, _ in workers} == WORKERS
+    for name, container in workers:
+        assert container["name"] == "worker", name
+        _assert_worker_liveness(container)
+
+
 def test_pipeline_worker(objs: list[Obj]) -> None:
     pod = _pod_spec(_one(objs, "Deployment", "riveg-pipeline"))
     worker = _container(pod, "worker")
     assert worker["args"] == ["worker", "pipeline"]
+    _assert_worker_liveness(worker)
     _assert_writable_dirs(worker)
     assert "nvidia.com/gpu" not in json.dumps(pod)
     _one(objs, "PodDisruptionBudget", "riveg-pipeline")
@@ -1323,6 +1358,47 @@ def test_healthcheck_http() -> None:
         server.shutdown()
         server.server_close()
     assert probe("http", port=server.server_address[1]) == 1  # nothing listening
+
+
+def test_healthcheck_worker_ping(tmp_path: Path) -> None:
+    """The workers' liveness probe (riveg-healthcheck worker-ping) against a real `riveg worker
+    pipeline` on the machine's RabbitMQ: passes while the worker of this machine answers, fails
+    once it stopped; without a broker URL it fails."""
+    broker = "amqp://guest:guest@127.0.0.1:5672//"
+    if not port_open("127.0.0.1", 5672):
+        pytest.skip("RabbitMQ (127.0.0.1:5672) must run: .ci/run starts it")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("RIVEG_")}
+    probe_env = {**clean, "RIVEG_BROKER_URL": broker}
+    assert _healthcheck(("worker-ping",), clean) == 1  # no RIVEG_BROKER_URL
+    if _healthcheck(("worker-ping",), probe_env) == 0:
+        pytest.skip("another worker on this machine answers pings on 127.0.0.1:5672 already")
+    prefix = f"riveg-test-{secrets.token_hex(4)}"
+    env = {
+        **probe_env,
+        "RIVEG_BROKER_QUEUE_PREFIX": prefix,
+        "RIVEG_BROKER_RESULT_BACKEND": "redis://127.0.0.1:6379/12",
+        "RIVEG_STORE_KIND": "local",
+        "RIVEG_STORE_PATH": str(tmp_path / "store"),
+    }
+    log = tmp_path / "worker.log"
+    with log.open("w") as out:
+        worker = subprocess.Popen(
+            [console_script("riveg"), "worker", "pipeline", "--concurrency", "1"],
+            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while _healthcheck(("worker-ping",), probe_env) != 0:
+            assert worker.poll() is None, f"the worker exited:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"no answer in 60 s:\n{log.read_text()[-3000:]}"
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=30)
+        assert _healthcheck(("worker-ping",), probe_env) == 1, "a stopped worker passes"
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait(timeout=10)
+        delete_queues(broker, prefix)
 
 
 # --- monitoring: metrics ports, Prometheus operator objects, alerts, dashboard, tracing ------

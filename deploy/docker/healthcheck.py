@@ -1,17 +1,22 @@
 #!/opt/venv/bin/python
 """Container health check of the RiVEG-serve images: Docker HEALTHCHECK, and the Kubernetes
-probes of the stage servers (Kubernetes' native gRPC probes cannot speak TLS).
+probes of the stage servers (Kubernetes' native gRPC probes cannot speak TLS) and the workers.
 
     riveg-healthcheck grpc [SERVICE]   the stage server on this machine answers SERVING for
                                        SERVICE (default "": the whole server)
     riveg-healthcheck worker           the broker named by $RIVEG_BROKER_URL accepts TCP connections
+    riveg-healthcheck worker-ping      the Celery worker on this machine (node name
+                                       <name>@<hostname>) answers a ping through that broker
     riveg-healthcheck http [PATH]      the gateway on this machine answers 200 on PATH (default
                                        /healthz) at $RIVEG_GATEWAY_HOST:$RIVEG_GATEWAY_PORT
 
 The gRPC check connects the way the stage's worker does: the [grpc] settings from the
 environment (RIVEG_GRPC_PORT, _HOST, _TLS, _TLS_CA, _TLS_SERVER_NAME, _MTLS, _TLS_CLIENT_CERT,
 _TLS_CLIENT_KEY), so with TLS it verifies the server's certificate and, under mutual TLS,
-presents the client certificate. The HTTP check is for Docker only: Kubernetes probes the
+presents the client certificate. The worker check is Docker's (the worker image); Kubernetes
+probes a worker with worker-ping, which asks it through the broker as `celery inspect ping` does:
+the worker's consumer thread answers, not its task threads, so a worker busy with tasks passes
+and one whose consumer froze fails. The HTTP check is for Docker only: Kubernetes probes the
 gateway with httpGet. Exit status 0 means healthy, 1 unhealthy, 2 a usage error.
 """
 
@@ -25,6 +30,7 @@ import urllib.request
 from urllib.parse import urlsplit
 
 TIMEOUT_S = 3.0
+PING_TIMEOUT_S = 5.0  # how long worker-ping waits for the worker's answer
 ANY_ADDRESS = {"", "0.0.0.0", "::", "[::]"}
 
 
@@ -79,6 +85,38 @@ def check_worker() -> bool:
         return False
 
 
+def check_worker_ping() -> bool:
+    """The Celery worker of this machine (node name ending with ``@<hostname>``, as `riveg
+    worker` names it) answers a ping sent through the broker named by $RIVEG_BROKER_URL."""
+    from celery import Celery
+
+    url = os.environ.get("RIVEG_BROKER_URL", "")
+    if not urlsplit(url).hostname:
+        print("RIVEG_BROKER_URL is not set", file=sys.stderr)
+        return False
+    hostname = socket.gethostname()
+    app = Celery("riveg-healthcheck", broker=url, set_as_current=False)
+    # Give up at once on a broker that does not answer: the answer is "unhealthy", not a retry.
+    app.conf.update(
+        broker_connection_timeout=TIMEOUT_S, broker_transport_options={"max_retries": 0}
+    )
+    try:
+        # Only the workers of this machine answer (glob on the node name); the first answer ends
+        # the wait.
+        replies = app.control.ping(
+            timeout=PING_TIMEOUT_S, pattern=f"*@{hostname}", matcher="glob", limit=1
+        )
+    except Exception as exc:  # broker unreachable, refused credentials, ...
+        print(f"ping failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return False
+    finally:
+        app.close()
+    if any(node.endswith(f"@{hostname}") for reply in replies for node in reply):
+        return True
+    print(f"no worker @{hostname} answered a ping within {PING_TIMEOUT_S:g} s", file=sys.stderr)
+    return False
+
+
 def check_http(path: str = "/healthz") -> bool:
     """The gateway answers 200 on ``path`` (plain HTTP; it binds [gateway] host and port)."""
     host = os.environ.get("RIVEG_GATEWAY_HOST", "127.0.0.1")
@@ -103,9 +141,13 @@ def main(argv: list[str]) -> int:
         return 0 if check_grpc(*argv[1:]) else 1
     if argv == ["worker"]:
         return 0 if check_worker() else 1
+    if argv == ["worker-ping"]:
+        return 0 if check_worker_ping() else 1
     if argv[:1] == ["http"] and len(argv) <= 2:
         return 0 if check_http(*argv[1:]) else 1
-    print("usage: riveg-healthcheck {grpc [SERVICE],worker,http [PATH]}", file=sys.stderr)
+    print(
+        "usage: riveg-healthcheck {grpc [SERVICE],worker,worker-ping,http [PATH]}", file=sys.stderr
+    )
     return 2
 
 
