@@ -17,13 +17,17 @@ import grpc
 import pytest
 import redis
 from kombu import Connection, Exchange, Queue
+from kombu.exceptions import OperationalError
 
 from riveg.core.config import load_settings
+from riveg.core.errors import InvalidInput
 from riveg.core.storage import LocalObjectStore, S3ObjectStore, StoreUnavailable
+from riveg.orchestration import pipeline
 from riveg.orchestration.celery_app import celery_config, publish_retry_policy, worker_config
 from riveg.orchestration.jobs import MemoryJobStore, RedisJobStore, new_record, result_key
 from riveg.orchestration.launcher import Launcher, free_port, port_open
-from riveg.orchestration.pipeline import JobFailed, JobResult
+from riveg.orchestration.pipeline import JobFailed, JobResult, submit_patiently
+from riveg.orchestration.runtime import Runtime
 from riveg.orchestration.tasks import TASKS, PostError, StepTask
 from riveg.serving.client import (
     StageClient,
@@ -296,3 +300,42 @@ def test_a_worker_s_job_records_wait_for_a_redis_that_restarts(tmp_path: Path) -
         assert patient.get("job")["step"] == "mner"  # kept across the restart (append-only)
     finally:
         server.stop()
+
+
+class _FlakyChain:
+    """A chain whose sending fails while the broker is "down" (the first ``down`` tries)."""
+
+    def __init__(self, sends: list[int], down: int) -> None:
+        self.sends = sends
+        self.down = down
+
+    def apply_async(self) -> SimpleNamespace:
+        self.sends.append(1)
+        if len(self.sends) <= self.down:
+            raise OperationalError("[Errno 111] Connection refused")
+        return SimpleNamespace(id="task-id")
+
+
+def test_a_post_submitted_during_an_outage_waits_for_it(tmp_path: Path, monkeypatch) -> None:
+    """`riveg batch`/`analyze` submit through submit_patiently: a broker (or store, or job
+    records) that is down is waited out; each try that could not be enqueued leaves its job
+    failed ("not enqueued"), never looking in flight to a later resume; a bad post fails at
+    once."""
+    settings = load_settings(broker_url=BROKER, store_kind="local", store_path=tmp_path,
+                             pipeline_retry_for_s=30)  # fmt: skip
+    runtime = Runtime(settings, LocalObjectStore(tmp_path))
+    runtime._jobs = jobs = MemoryJobStore()
+    sends: list[int] = []
+    monkeypatch.setattr(
+        pipeline, "build_chain", lambda state, knowledge=False: _FlakyChain(sends, 2)
+    )
+    monkeypatch.setattr(pipeline, "wait_random_exponential", lambda **_: lambda state: 0.01)
+    submission = submit_patiently(runtime, "NASA in Houston", b"\xff\xd8 an image", "post-1")
+    assert len(sends) == 3 and submission.task.id == "task-id"
+    records = sorted(jobs._jobs.values(), key=lambda r: r["status"])
+    assert [r["status"] for r in records] == ["failed", "failed", "queued"]
+    assert all("not enqueued: OperationalError" in r["error"] for r in records[:2])
+    assert jobs.find("post-1")["job_id"] == submission.job_id  # the one in flight
+    with pytest.raises(InvalidInput):
+        submit_patiently(runtime, "", b"\xff\xd8 an image", "post-2")
+    assert len(sends) == 3

@@ -26,7 +26,7 @@ from riveg.core.storage import open_store
 from riveg.orchestration.celery_app import configure_app, queue_name, worker_config
 from riveg.orchestration.jobs import ACTIVE, result_key
 from riveg.orchestration.overlay import render_overlay
-from riveg.orchestration.pipeline import JobFailed, JobResult, submit_post
+from riveg.orchestration.pipeline import JobFailed, JobResult, submit_patiently, submit_post
 from riveg.orchestration.runtime import EmbeddedCluster, Runtime, set_runtime
 from riveg.orchestration.tasks import PostError
 from riveg.serving.client import StageCallError
@@ -186,7 +186,7 @@ def analyze(
     started = time.perf_counter()
     with pipeline_runtime(settings) as runtime:
         try:
-            submission = submit_post(runtime, text, image_bytes, post_id, knowledge, image_id)
+            submission = submit_patiently(runtime, text, image_bytes, post_id, knowledge, image_id)
             result = submission.get(timeout)
         except (PostError, InvalidInput, StageCallError) as exc:
             raise click.ClickException(str(exc)) from exc
@@ -429,8 +429,8 @@ def _run_batch(
                         post.get("image_id"))  # fmt: skip
                 if threads is not None:
                     outcome: Any = _InThread(threads.submit(submit_post, *args))
-                else:
-                    outcome = submit_post(*args).result
+                else:  # an outage of the store, the records or the broker is waited out
+                    outcome = submit_patiently(*args).result
             except Exception as exc:  # a bad post must not stop the batch
                 record({"id": post["id"], "error": f"{type(exc).__name__}: {exc}"})
                 continue

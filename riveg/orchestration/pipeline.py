@@ -8,14 +8,23 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import redis
 from celery import chain
 from celery.result import AsyncResult, EagerResult
+from kombu.exceptions import OperationalError
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_random_exponential,
+)
 
 from riveg.core.images import image_content_type
 from riveg.core.limits import check_image_bytes, check_text
 from riveg.core.logging import get_logger
 from riveg.core.observability import post_span
-from riveg.core.storage import ObjectStore
+from riveg.core.storage import ObjectStore, StoreUnavailable
 from riveg.orchestration.celery_app import STEPS
 from riveg.orchestration.jobs import new_record, now, result_key
 from riveg.orchestration.runtime import Runtime
@@ -105,8 +114,52 @@ def submit_post(
             except PostError as exc:
                 outcome = _Failed(exc)
             return Submission(state["id"], job_id, outcome)
-        task = workflow.apply_async()
+        try:
+            task = workflow.apply_async()
+        except Exception as exc:  # never enqueued: its record must not look in flight
+            _abandon(runtime, job_id, exc)
+            raise
         return Submission(state["id"], job_id, JobResult(runtime, state["id"], job_id), task)
+
+
+TRANSIENT_SUBMIT_ERRORS: tuple[type[Exception], ...] = (
+    StoreUnavailable,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    OperationalError,
+)
+"""What a dependency that is down or restarting raises while a post is submitted."""
+
+
+def submit_patiently(runtime: Runtime, *args: Any, **kwargs: Any) -> Submission:
+    """:func:`submit_post`, tried again while the object store, the job records or the broker
+    is down (jittered backoff up to 10 s, for ``RIVEG_PIPELINE_RETRY_FOR_S``): a post that
+    `riveg batch` or `riveg analyze` submits during an outage waits for it instead of failing.
+    Each try that got as far as a job record left it failed ("not enqueued"), never in flight.
+    """
+    retrying = Retrying(
+        retry=retry_if_exception_type(TRANSIENT_SUBMIT_ERRORS),
+        stop=stop_after_delay(runtime.settings.pipeline.retry_for_s),
+        wait=wait_random_exponential(multiplier=0.5, max=10),
+        before_sleep=_log_retry,
+        reraise=True,
+    )
+    return retrying(submit_post, runtime, *args, **kwargs)
+
+
+def _log_retry(state: RetryCallState) -> None:
+    error = state.outcome.exception() if state.outcome else None
+    log.warning("submission failed, trying again", attempt=state.attempt_number,
+                error=f"{type(error).__name__}: {error}")  # fmt: skip
+
+
+def _abandon(runtime: Runtime, job_id: str, error: Exception) -> None:
+    """Mark a job that could not be enqueued failed (best effort: the records may be down)."""
+    try:
+        runtime.jobs.update(job_id, status="failed", finished_at=now(),
+                            error=f"not enqueued: {type(error).__name__}: {error}")  # fmt: skip
+    except Exception as exc:
+        log.warning("cannot mark the job failed", job_id=job_id, error=str(exc))
 
 
 def store_image(store: ObjectStore, data: bytes) -> str:
