@@ -39,6 +39,7 @@ from tests.support.faults import (  # noqa: E402
 from tests.support.private import missing_servers  # noqa: E402
 
 RESULT = ROOT / "benchmarks" / "results" / "soak.json"
+README = ROOT / "README.md"
 POISON_KILLS = 3  # RIVEG_PIPELINE_MAX_STARTS: the 4th start refuses the post
 
 
@@ -58,12 +59,46 @@ FAULTS = (
 )
 
 
+def readme_table(report: dict) -> str:
+    """The README's soak table."""
+    recovered = ", ".join(f"{f['label']} {f['recovered_s']} s" for f in report["faults"])
+    lines = [
+        f"Soak (`{report['command']}`; texts: {report['texts']}; `benchmarks/results/soak.json`):",
+        "",
+        "| posts | done | failed | duplicated | results in store | steps done twice "
+        "| stage calls repeated | posts/s | wall time |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        f"| {report['posts']} | {report['done']} | {report['failed']} | {report['duplicated']} "
+        f"| {report['results_in_store']} | {report['repeated_steps']} "
+        f"| {report['repeated_stage_calls']} | {report['posts_per_s']} | {report['wall_s']} s |",
+        "",
+        f"Failed: {'; '.join(report['errors']) or 'none'}. Time from each fault to the next "
+        f"result: {recovered}. Restarts by `riveg up`: "
+        + ", ".join(f"{k} {v}" for k, v in report["restarts"].items() if v)
+        + ".",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_readme_table(report: dict) -> None:
+    """Replace the README's soak table with this report's."""
+    readme = README.read_text()
+    start, end = "<!-- soak-table:start -->", "<!-- soak-table:end -->"
+    before, rest = readme.split(start, 1)
+    README.write_text(f"{before}{start}\n{readme_table(report)}{end}{rest.split(end, 1)[1]}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--posts", type=int, default=1000)
     parser.add_argument("--window", type=int, default=32, help="riveg batch --window")
     parser.add_argument("--concurrency", type=int, default=2, help="riveg up --concurrency")
+    parser.add_argument("--table-only", action="store_true",
+                        help="only rewrite the README's table from the last results")  # fmt: skip
     args = parser.parse_args()
+    if args.table_only:
+        write_readme_table(json.loads(RESULT.read_text()))
+        return
     missing = missing_servers()
     if missing:
         sys.exit(f"soak: this machine lacks {missing}")
@@ -101,6 +136,7 @@ def main() -> None:
         "exit_code": run.exit_code,
     }  # fmt: skip
     RESULT.write_text(json.dumps(report, indent=2) + "\n")
+    write_readme_table(report)
     print(json.dumps(report))
     sys.exit(0 if run.duplicated == 0 and run.done + run.failed == run.posts else 1)
 
