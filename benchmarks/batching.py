@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import tempfile
@@ -88,7 +89,7 @@ def load(client: StageClient, method: str, cycle: list, callers: int, seconds: f
         "calls": len(latencies),
         "calls_per_s": round(len(latencies) / elapsed, 2),
         "p50_ms": round(statistics.median(latencies) * 1000, 1),
-        "p95_ms": round(latencies[int(0.95 * (len(latencies) - 1))] * 1000, 1),
+        "p95_ms": round(latencies[math.ceil(0.95 * len(latencies)) - 1] * 1000, 1),
     }
 
 
