@@ -24,9 +24,15 @@ from riveg.core.observability import flush_tracing, setup_tracing, start_metrics
 from riveg.core.stages import QUEUES, STAGES
 from riveg.core.storage import open_store
 from riveg.orchestration.celery_app import configure_app, queue_name, worker_config
-from riveg.orchestration.jobs import ACTIVE, result_key
+from riveg.orchestration.jobs import ACTIVE
 from riveg.orchestration.overlay import render_overlay
-from riveg.orchestration.pipeline import JobFailed, JobResult, submit_patiently, submit_post
+from riveg.orchestration.pipeline import (
+    JobFailed,
+    JobResult,
+    stored_result,
+    submit_patiently,
+    submit_post,
+)
 from riveg.orchestration.runtime import EmbeddedCluster, Runtime, set_runtime
 from riveg.orchestration.tasks import PostError
 from riveg.serving.client import StageCallError
@@ -461,8 +467,7 @@ def _stored_result(runtime: Any, post_id: str) -> dict[str, Any] | None:
     if runtime.settings.embedded:
         return None
     try:
-        key = result_key(post_id)
-        return runtime.store.get_json(key) if runtime.store.exists(key) else None
+        return stored_result(runtime.store, post_id)
     except Exception:  # the store cannot say: process the post
         return None
 

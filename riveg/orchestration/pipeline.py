@@ -162,6 +162,12 @@ def _abandon(runtime: Runtime, job_id: str, error: Exception) -> None:
         log.warning("cannot mark the job failed", job_id=job_id, error=str(exc))
 
 
+def stored_result(store: ObjectStore, post_id: str) -> dict[str, Any] | None:
+    """The post's result in the store (one per post id), None when there is none yet."""
+    key = result_key(post_id)
+    return store.get_json(key) if store.exists(key) else None
+
+
 def store_image(store: ObjectStore, data: bytes) -> str:
     """Keep an image under its content hash with its content type (sniffed from its first
     bytes); an image submitted again is stored once. Returns its key."""
@@ -247,11 +253,8 @@ class JobResult:
     def _stored_result(self, any_job: bool) -> dict[str, Any] | None:
         """The post's stored result: this job's, or (``any_job``: the record says done) the
         post's latest, as the result key holds one result per post."""
-        key = result_key(self.post_id)
-        if not self.runtime.store.exists(key):
-            return None
-        result = self.runtime.store.get_json(key)
-        return result if any_job or result.get("job_id") == self.job_id else None
+        result = stored_result(self.runtime.store, self.post_id)
+        return result if result and (any_job or result.get("job_id") == self.job_id) else None
 
     def _warn(self, message: str) -> None:
         if not self._warned:

@@ -79,8 +79,8 @@ class StepTask(Task):
             job_id=state.get("job_id"), post_id=state.get("id"), step=self.step
         ):
             attempt = self.request.retries + 1 if self.request.id else 1
-            self._skip_if_done_before(started)
             runtime = get_runtime()
+            self._skip_if_done_before(runtime, started)
             starts = self._refuse_poison(runtime, state, started)
             log.info("step started", attempt=attempt, start=starts)
             tag_current_span(job_id=state.get("job_id") or "", post_id=str(state.get("id")),
@@ -118,12 +118,12 @@ class StepTask(Task):
             log.info("step done", outcome="ok", ms=elapsed)
         return result
 
-    def _skip_if_done_before(self, started: float) -> None:
+    def _skip_if_done_before(self, runtime: Runtime, started: float) -> None:
         """A step whose result is stored already is not done again: its message came back
         (the broker restarted before the acknowledgement, a worker died just after the step),
         and the post's next step was sent before the result was stored (Celery sends it
         first), so the chain goes on without it. Raises Ignore: no new state, nothing sent."""
-        if not self.request.id or get_runtime().settings.embedded:
+        if not self.request.id or runtime.settings.embedded:
             return
         if self.AsyncResult(self.request.id).state != states.SUCCESS:
             return

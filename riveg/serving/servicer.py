@@ -51,15 +51,16 @@ class StageServicer:
         self._batchers_lock = threading.Lock()
 
     def batched(
-        self, name: str, run: BatchRun, item: Any, context: grpc.ServicerContext
+        self, name: str, item: Any, context: grpc.ServicerContext, run: BatchRun | None = None
     ) -> tuple[Backend, Any]:
         """Hand ``item`` to this server's dynamic batcher ``name``: concurrent calls are run
-        together by ``run(backend, items)`` (one result or exception per item), the backend
+        together by ``run(backend, items)`` (default: the backend's ``<name>_batch(items)``;
+        one result or exception per item), the backend
         read once per batch so that a hot swap never splits one. Returns the backend that ran
         the item and its result; the call's deadline goes with it (DeadlineExpired when it
         passes in the queue). Batch limits: the model version's manifest ``batching``, else
         ``RIVEG_<STAGE>_MAX_BATCH_SIZE`` and ``_MAX_QUEUE_DELAY_MS``."""
-        batcher = self._batcher(name, run)
+        batcher = self._batcher(name, run or functools.partial(_batch_method, f"{name}_batch"))
         size, delay_ms = self.batch_limits()
         batcher.max_batch_size, batcher.max_queue_delay_s = size, delay_ms / 1000
         remaining = context.time_remaining()
@@ -152,3 +153,8 @@ def stage_rpc(response_class: type) -> Callable[[Handler], Callable[..., Any]]:
         return handler
 
     return decorate
+
+
+def _batch_method(method: str, backend: Any, items: list[Any]) -> Sequence[Any]:
+    """The backend's own batch method ``method`` (e.g. ``entail_batch``) over the items."""
+    return getattr(backend, method)(items)

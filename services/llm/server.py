@@ -57,7 +57,7 @@ class LlmServicer(StageServicer, llm_pb2_grpc.LlmServiceServicer):
         if not description.strip() and (request.image.key or request.image_id):
             description = self._describe(request.image, request.image_id).text
         item = (request.text, description)
-        _, (model, knowledge) = self.batched("knowledge", _knowledge, item, context)
+        _, (model, knowledge) = self.batched("knowledge", item, context, _knowledge)
         response.knowledge = knowledge
         response.model = model
 
@@ -69,7 +69,7 @@ class LlmServicer(StageServicer, llm_pb2_grpc.LlmServiceServicer):
         entities = list(request.entities)
         item = (request.text, [{"text": e.text, "type": e.type} for e in entities],
                 request.knowledge)  # fmt: skip
-        _, (model, descriptions) = self.batched("expand", _expand, item, context)
+        _, (model, descriptions) = self.batched("expand", item, context, _expand)
         response.model = model
         for entity, description in zip(entities, descriptions, strict=True):
             message = response.entities.add()

@@ -18,7 +18,7 @@ class MnerServicer(StageServicer, mner_pb2_grpc.MnerServiceServicer):
     def Recognize(self, backend, request, context, response):
         self.check_text(request.text)
         item = (request.text, request.knowledge or None)
-        ran, entities = self.batched("recognize", _recognize, item, context)
+        ran, entities = self.batched("recognize", item, context, _recognize)
         response.model = ran.model
         response.entities.extend(entity_to_proto(e) for e in entities)
 

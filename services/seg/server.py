@@ -6,7 +6,7 @@ from riveg.core.images import mask_png, mask_to_rle
 from riveg.serving.messages import box_from_proto
 from riveg.serving.servicer import StageServicer, stage_rpc
 from riveg.v1 import seg_pb2, seg_pb2_grpc
-from services.seg.backends import SEG_BACKENDS, SegBackend
+from services.seg.backends import SEG_BACKENDS
 
 
 class SegServicer(StageServicer, seg_pb2_grpc.SegServiceServicer):
@@ -22,7 +22,7 @@ class SegServicer(StageServicer, seg_pb2_grpc.SegServiceServicer):
         self.check_count(len(request.boxes), "boxes")
         image = self.image(request.image, context)
         boxes = [box_from_proto(b) for b in request.boxes]
-        ran, masks = self.batched("segment", _segment, (image, boxes), context)
+        ran, masks = self.batched("segment", (image, boxes), context)
         response.model = ran.model
         prefix = request.output_prefix.rstrip("/")
         for index, mask in enumerate(masks):
@@ -34,7 +34,3 @@ class SegServicer(StageServicer, seg_pb2_grpc.SegServiceServicer):
                 response.masks.add(
                     height=height, width=width, rle_counts=mask_to_rle(mask)["counts"]
                 )
-
-
-def _segment(backend: SegBackend, items: list) -> list:
-    return backend.segment_batch(items)

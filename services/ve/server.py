@@ -5,7 +5,7 @@ from __future__ import annotations
 from riveg.serving.messages import entity_from_proto
 from riveg.serving.servicer import StageServicer, stage_rpc
 from riveg.v1 import ve_pb2, ve_pb2_grpc
-from services.ve.backends import VE_BACKENDS, VeBackend
+from services.ve.backends import VE_BACKENDS
 
 
 class VeServicer(StageServicer, ve_pb2_grpc.VeServiceServicer):
@@ -21,11 +21,7 @@ class VeServicer(StageServicer, ve_pb2_grpc.VeServiceServicer):
         self.check_count(len(request.entities))
         image = self.image(request.image, context)
         entities = [entity_from_proto(e) for e in request.entities]
-        ran, results = self.batched("entail", _entail, (image, entities), context)
+        ran, results = self.batched("entail", (image, entities), context)
         response.model = ran.model
         for groundable, score in results:
             response.results.add(groundable=groundable, score=score)
-
-
-def _entail(backend: VeBackend, items: list) -> list:
-    return backend.entail_batch(items)

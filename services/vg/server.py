@@ -5,7 +5,7 @@ from __future__ import annotations
 from riveg.serving.messages import box_to_proto, entity_from_proto
 from riveg.serving.servicer import StageServicer, stage_rpc
 from riveg.v1 import vg_pb2, vg_pb2_grpc
-from services.vg.backends import VG_BACKENDS, VgBackend
+from services.vg.backends import VG_BACKENDS
 
 
 class VgServicer(StageServicer, vg_pb2_grpc.VgServiceServicer):
@@ -21,13 +21,9 @@ class VgServicer(StageServicer, vg_pb2_grpc.VgServiceServicer):
         self.check_count(len(request.entities))
         image = self.image(request.image, context)
         entities = [entity_from_proto(e) for e in request.entities]
-        ran, groundings = self.batched("ground", _ground, (image, entities), context)
+        ran, groundings = self.batched("ground", (image, entities), context)
         response.model = ran.model
         for box, score in groundings:
             result = response.results.add(found=box is not None, score=score)
             if box is not None:
                 result.box.CopyFrom(box_to_proto(box))
-
-
-def _ground(backend: VgBackend, items: list) -> list:
-    return backend.ground_batch(items)
