@@ -1,15 +1,17 @@
 """Each stage server with dynamic batching on and off: throughput and latency at 1, 4 and 16
 concurrent callers.
 
-    python benchmarks/batching.py [--seconds 10] [--stages llm,mner,ve,vg,seg]
+    python benchmarks/batching.py [--seconds 10] [--llm-seconds 60] [--stages llm,mner,ve,vg,seg]
 
 Every stage runs its default backend in a real `StageServer` in this process (gRPC on loopback,
 images from a local store); "on" is the default batcher (`max_batch_size` 16, 5 ms queue delay),
 "off" is `max_batch_size` 1 (each call alone, as before batching). Callers are threads, each
-sending its next call when the last one answered, for ``--seconds`` per setting. Requests: the
+sending its next call when the last one answered, for ``--seconds`` per setting (the LLM's calls
+take seconds each: ``--llm-seconds``). Requests: the
 first Twitter-GMNER dev tweets (the sample post's text where absent) for MNER and the LLM's
 Expand (two entities each; the generation cache off), the sample image with two entities (VE,
-VG) or a person box (SEG). Writes benchmarks/results/batching.json and the README table.
+VG) or a person box (SEG). Writes benchmarks/results/batching.json (the stages not run this time
+keep their figures) and the README table.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.pipeline import posts as benchmark_posts  # noqa: E402
 from riveg.core.config import load_settings  # noqa: E402
+from riveg.core.stages import STAGES  # noqa: E402
 from riveg.core.storage import LocalObjectStore  # noqa: E402
 from riveg.serving.client import StageClient  # noqa: E402
 from riveg.serving.messages import box_to_proto, entity_to_proto, image_ref  # noqa: E402
@@ -97,7 +100,7 @@ def bench_stage(stage: str, store_dir: Path, texts: list[str], seconds: float) -
     store = LocalObjectStore(store_dir)
     key = store.put_bytes("images/sample.jpg", SAMPLE_IMAGE.read_bytes(), "image/jpeg")
     method, cycle = requests(stage, texts, key)
-    figures: dict = {"method": method}
+    figures: dict = {"method": method, "seconds": seconds}
     for mode, size in (("on", 16), ("off", 1)):
         settings = load_settings(store_kind="local", store_path=store_dir, llm_cache=False,
                                  **{f"{stage}_max_batch_size": size})  # fmt: skip
@@ -122,7 +125,7 @@ def bench_stage(stage: str, store_dir: Path, texts: list[str], seconds: float) -
 
 def table(results: dict) -> str:
     lines = [
-        "| stage (method) | callers | batching on: calls/s, p50 / p95 ms "
+        "| stage (method, seconds per setting) | callers | batching on: calls/s, p50 / p95 ms "
         "| off: calls/s, p50 / p95 ms |",
         "| --- | --- | --- | --- |",
     ]
@@ -130,7 +133,8 @@ def table(results: dict) -> str:
         for callers in CALLERS:
             on, off = figures["on"][str(callers)], figures["off"][str(callers)]
             lines.append(
-                f"| {stage} ({figures['method']}) | {callers} | {on['calls_per_s']}, "
+                f"| {stage} ({figures['method']}, {figures.get('seconds', '?')} s) | {callers} "
+                f"| {on['calls_per_s']}, "
                 f"{on['p50_ms']} / {on['p95_ms']} | {off['calls_per_s']}, {off['p50_ms']} / "
                 f"{off['p95_ms']} |"
             )
@@ -141,15 +145,20 @@ def table(results: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--llm-seconds", type=float, default=60.0)
     parser.add_argument("--stages", default="llm,mner,ve,vg,seg")
     args = parser.parse_args()
     source_posts, source = benchmark_posts(64)
     texts = [post["text"] for post in source_posts]
-    results: dict = {"command": f"python benchmarks/batching.py --seconds {args.seconds:g}",
-                     "texts": source, "stages": {}}  # fmt: skip
+    earlier = json.loads(RESULT.read_text()) if RESULT.is_file() else {}
+    results: dict = {"command": "python benchmarks/batching.py --seconds "
+                                f"{args.seconds:g} --llm-seconds {args.llm_seconds:g}",
+                     "texts": source, "stages": earlier.get("stages", {})}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="riveg-batching-") as work:
         for stage in args.stages.split(","):
-            results["stages"][stage] = bench_stage(stage, Path(work), texts, args.seconds)
+            seconds = args.llm_seconds if stage == "llm" else args.seconds
+            results["stages"][stage] = bench_stage(stage, Path(work), texts, seconds)
+    results["stages"] = {s: results["stages"][s] for s in STAGES if s in results["stages"]}
     RESULT.write_text(json.dumps(results, indent=2) + "\n")
     readme = README.read_text()
     start, end = "<!-- batching-table:start -->", "<!-- batching-table:end -->"

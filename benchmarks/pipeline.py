@@ -100,15 +100,16 @@ def run_batch(work: Path, batch: list[dict], env: dict[str, str], extra: list[st
         for stage, v in stages.items()
     }  # fmt: skip
     entities = sum(len(r.get("entities", [])) for r in results)
+    errors = {r["id"]: r["error"] for r in results if "error" in r}
     return {**summary, "command_wall_s": round(wall, 2), "entities": entities,
-            "stage_latency": latency}  # fmt: skip
+            "errors": errors, "stage_latency": latency}  # fmt: skip
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--posts", type=int, default=50)
     parser.add_argument("--modes", default="embedded,distributed")
-    parser.add_argument("--concurrency", type=int, default=2, help="threads per worker")
+    parser.add_argument("--concurrency", type=int, default=16, help="threads per worker")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/pipeline.json")
     args = parser.parse_args()
     batch, source = posts(args.posts)

@@ -1,6 +1,7 @@
-"""GrabCut as the `grabcut` SEG backend runs it (the whole image scaled to 320 px) and on a
-scaled-down crop around each box, against GrabCut at full resolution on the whole image: mask
-agreement (IoU) and time per box.
+"""The SEG default (`selfie`: people by MediaPipe's selfie segmentation, other boxes by GrabCut),
+GrabCut as the `grabcut` backend runs it (a crop around each box, scaled down), the whole image
+scaled to 320 px (the grabcut default before), and a wider crop, against GrabCut at full
+resolution on the whole image: mask agreement (IoU) and time per box.
 
     python benchmarks/seg_grabcut.py
 
@@ -8,8 +9,9 @@ Images: the bundled sample (512x512), the Twitter-GMNER sample in ../shared/samp
 present), and the sample scaled up 2x (1024x1024). Boxes: the people the
 mediapipe detector finds (the boxes the default VG backend gives) and nine fixed boxes (the
 centre, the four quadrants, four side bands). Variants: the reference (whole image, full
-resolution), the default (whole image scaled to 320 px) and two crops (the box with half, or
-twice, its size of context on each side, scaled to 160 or 200 px). Writes
+resolution), the whole image scaled to 320 px, two crops (the box with half, or twice, its size
+of context on each side, scaled to 160 px, the grabcut backend's, or 200 px), and the selfie
+backend. Writes
 benchmarks/results/seg_grabcut.json.
 """
 
@@ -19,6 +21,7 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +30,9 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from riveg.core.config import load_settings  # noqa: E402
 from riveg.vision.person import PersonDetector  # noqa: E402
-from services.seg.backends import GrabCutSegBackend, grabcut_mask  # noqa: E402
+from services.seg.backends import GrabCutSegBackend, SelfieSegBackend, grabcut_mask  # noqa: E402
 
 RESULT = ROOT / "benchmarks" / "results" / "seg_grabcut.json"
 IMAGES = [
@@ -37,12 +41,26 @@ IMAGES = [
 ]
 UPSCALE = 2
 FIXED_BOXES = 9
-VARIANTS = {
-    "reference (whole image, full resolution)": (None, None),
-    "default (whole image at 320 px)": (GrabCutSegBackend.MAX_SIDE, GrabCutSegBackend.MARGIN),
-    "crop (margin 0.5, 160 px)": (160, 0.5),
-    "crop (margin 2, 200 px)": (200, 2.0),
-}
+Masker = Callable[[np.ndarray, list[float]], np.ndarray]
+
+
+def grabcut(max_side: int | None, margin: float | None) -> Masker:
+    return lambda image, box: grabcut_mask(image, box, max_side, margin)
+
+
+def variants() -> dict[str, Masker]:
+    """Each variant's mask of one box (the reference first)."""
+    selfie = SelfieSegBackend(load_settings())
+    selfie.load()
+    return {
+        "reference (whole image, full resolution)": grabcut(None, None),
+        "whole image at 320 px (the grabcut default before)": grabcut(320, None),
+        "crop (margin 0.5, 160 px: the grabcut backend)": grabcut(
+            GrabCutSegBackend.MAX_SIDE, GrabCutSegBackend.MARGIN
+        ),
+        "crop (margin 2, 200 px)": grabcut(200, 2.0),
+        "selfie backend (the SEG default)": lambda image, box: selfie.segment(image, [box])[0],
+    }
 
 
 def boxes_of(image: np.ndarray, detector: PersonDetector) -> list[list[float]]:
@@ -79,21 +97,22 @@ def main() -> None:
             images.append((f"{path.name} x{UPSCALE}", np.asarray(big),
                            [[v * UPSCALE for v in box] for box in boxes]))  # fmt: skip
     rows = []
+    maskers = variants()
     for name, rgb, boxes in images:
         for index, box in enumerate(boxes):
             masks, seconds = {}, {}
-            for variant, (max_side, margin) in VARIANTS.items():
+            for variant, masker in maskers.items():
                 started = time.perf_counter()
-                masks[variant] = grabcut_mask(rgb, box, max_side, margin)
+                masks[variant] = masker(rgb, box)
                 seconds[variant] = time.perf_counter() - started
-            reference = masks[next(iter(VARIANTS))]
+            reference = masks[next(iter(maskers))]
             rows.append({"image": name, "size": list(rgb.shape[:2]), "box": [round(v) for v in box],
                          "person": index < people[name],
                          "iou": {v: round(iou(m, reference), 4) for v, m in masks.items()},
                          "ms": {v: round(s * 1000, 1) for v, s in seconds.items()}})  # fmt: skip
             print(json.dumps(rows[-1]), file=sys.stderr)
     summary = {}
-    for variant in VARIANTS:
+    for variant in maskers:
         for scope, chosen in (
             ("all", rows),
             ("original size", [r for r in rows if f" x{UPSCALE}" not in r["image"]]),

@@ -35,38 +35,48 @@ def config_section() -> str:
 
 
 def pipeline_section() -> str:
+    """The pipeline table; with ``pipeline_before.json`` (the run before the batching work),
+    its figures in two more columns."""
     path = RESULTS / "pipeline.json"
     if not path.is_file():
         return "_Not measured yet: run `python benchmarks/pipeline.py`._"
-    report = json.loads(path.read_text())
-    rows = [
-        "| measure | embedded | distributed |",
-        "| --- | --- | --- |",
-        f"| `riveg analyze` on the sample, first run (GGUF conversion included) | "
-        f"{report['analyze']['first_s']} s | |",
-        f"| `riveg analyze` on the sample, warm run (process start and model loading included) | "
-        f"{report['analyze']['warm_s']} s | |",
-    ]
-    modes = [report.get("embedded", {}), report.get("distributed", {})]
+    reports = [json.loads(path.read_text())]
+    before = RESULTS / "pipeline_before.json"
+    if before.is_file():
+        reports.append(json.loads(before.read_text()))
+    modes = [r.get(m, {}) for r in reports for m in ("embedded", "distributed")]
+    header = "| measure | embedded | distributed |"
+    if len(reports) > 1:
+        header += " embedded before | distributed before |"
+    rows = [header, "| --- |" + " --- |" * len(modes)]
+    for key, label in (
+        ("first_s", "`riveg analyze` on the sample, first run (GGUF conversion included)"),
+        ("warm_s", "`riveg analyze` on the sample, warm run (process start and model loading "
+                   "included)"),
+    ):  # fmt: skip
+        rows.append(
+            f"| {label} | " + " | ".join(f"{r['analyze'][key]} s | " for r in reports) + " |"
+        )
     rows.append(
-        f"| throughput, {report['posts']} posts | "
+        f"| throughput, {reports[0]['posts']} posts | "
         + " | ".join(f"{m.get('posts_per_s', '-')} posts/s" for m in modes)
         + " |"
     )
     rows.append("| failed posts | " + " | ".join(str(m.get("failed", "-")) for m in modes) + " |")
-    stages = [
-        s
-        for s in STEPS
-        if any(s in m.get("stage_latency", {}) for m in modes)
-    ]
+    stages = [s for s in STEPS if any(s in m.get("stage_latency", {}) for m in modes)]
     for stage in stages:
         cells = []
         for mode in modes:
             lat = mode.get("stage_latency", {}).get(stage)
             cells.append(f"{lat['median_ms']} ms (p90 {lat['p90_ms']})" if lat else "-")
         rows.append(f"| stage `{stage}` latency, median | " + " | ".join(cells) + " |")
-    if "startup_s" in modes[1]:
-        rows.append(f"| `riveg up` start-up (12 processes) | | {modes[1]['startup_s']} s |")
+    startups = [m.get("startup_s") for m in modes[1::2]]
+    if any(startups):
+        rows.append(
+            "| `riveg up` start-up (12 processes) | "
+            + " | ".join(f" | {s} s" if s else " | -" for s in startups)
+            + " |"
+        )
     return "\n".join(rows)
 
 

@@ -76,3 +76,43 @@ def test_stopping_cuts_a_generation_short(gemma) -> None:
     assert isinstance(outcome.get("error"), ServerStopping), outcome
     assert outcome["seconds"] < 5  # 400 tokens take far longer on this CPU
     assert _status_for(ServerStopping("x")) == grpc.StatusCode.UNAVAILABLE
+
+
+def test_shared_prefixes_generate_what_the_whole_prompts_generate(gemma) -> None:
+    """Expansion prompts as segments (the few-shot examples run once and kept, a post's text once
+    for all its entities) give the greedy text of the whole prompts, batched or one at a time."""
+    posts = [
+        (SAMPLE_TEXT, [{"text": "Eileen Collins"}, {"text": "NASA"}, {"text": "Houston"}]),
+        ("Manchester United beat Chelsea at Old Trafford on Sunday", [{"text": "Chelsea"}]),
+    ]
+    segments = [s for text, entities in posts for s in gemma.expand_segments(text, entities)]
+    whole = ["".join(s) for s in segments]
+    expected = [g.text for g in gemma.generate(whole, 12, ["\n"])]  # one level, left padding
+    assert [gemma.generate([s], 12, ["\n"])[0].text for s in segments] == expected
+    levels: list[tuple[int, int]] = []
+    run = gemma.prefix_tree._run
+    gemma.prefix_tree._run = lambda ids, mask, cache: (
+        levels.append(ids.shape),
+        run(ids, mask, cache),
+    )
+    try:
+        assert [g.text for g in gemma.generate(segments, 12, ["\n"])] == expected
+    finally:
+        gemma.prefix_tree._run = run
+    assert [shape[0] for shape in levels] == [2]  # the two posts' texts; the examples were kept
+
+
+def test_segments_that_tokenize_apart_are_run_whole(gemma) -> None:
+    prompt = "Question: What is the capital of France?\nAnswer: The capital of France is"
+    split = (
+        "Question: What is the capital of Fra",
+        prompt[len("Question: What is the capital of Fra") :],
+    )
+    [parts] = gemma.prefix_tree.segment_ids([split])
+    assert len(parts) == 1  # "Fra" + "nce" are not the tokens of "France"
+    assert gemma.generate([split], 8, ["."])[0].text == gemma.generate([prompt], 8, ["."])[0].text
+
+
+def test_done_ends_each_sequence_early(gemma) -> None:
+    [generation] = gemma.generate(["Once upon a time"], 40, [], done=lambda text: len(text) > 0)
+    assert generation.completion_tokens == 1

@@ -11,7 +11,14 @@ from riveg.core.config import load_settings
 from riveg.core.storage import LocalObjectStore
 from riveg.data.conll import shared_datasets_dir
 from riveg.sample import SAMPLE_IMAGE
-from services.llm.backends import LlmRouter, clean_description, create_backend, referring_expression
+from services.llm.backends import (
+    LlmRouter,
+    clean_description,
+    create_backend,
+    description_settled,
+    referring_expression,
+    split_template,
+)
 from services.llm.cache import GenerationCache, request_hash
 from services.llm.describe import CaptionIndex, DetectorDescriber, people_phrase
 
@@ -23,6 +30,37 @@ def test_referring_expression_and_description_cleaning() -> None:
     assert referring_expression("NASA", "ORG", "a space agency") == "NASA(ORG)-a space agency"
     assert referring_expression("NASA", "ORG", "") == "NASA(ORG)"
     assert clean_description('  "a space agency."\nText: more') == "a space agency"
+
+
+@pytest.mark.parametrize(
+    "full",
+    [
+        " a politician\nText: more",
+        ' "a group of people who have served in the military for years."',
+        " a b c d e f g h. . more words here",
+        " a b c d e f g h , , ,",
+        " one two three four five six seven eight nine ten eleven twelve",
+    ],
+)
+def test_a_generation_cut_once_settled_cleans_to_the_same_description(full: str) -> None:
+    """The expansion decoding stops a sequence once ``description_settled``: what it would have
+    generated next can no longer change the cleaned description."""
+    for end in range(len(full) + 1):
+        if description_settled(full[:end]):
+            assert clean_description(full[:end]) == clean_description(full), full[:end]
+
+
+def test_the_expansion_template_splits_into_examples_post_and_question() -> None:
+    backend = create_backend("openai", load_settings(llm_api_model="m"))
+    examples, post, question = split_template(backend.expand_template)
+    assert examples + post + question == backend.expand_template
+    assert "{" not in examples and post.startswith("{background}Text:")
+    assert question.startswith("Question:") and "{entity}" in question
+    segments = backend.expand_segments("NASA rocket", [{"text": "NASA"}, {"text": "rocket"}])
+    assert [s[:2] for s in segments] == [segments[0][:2]] * 2  # examples and post are shared
+    assert ["".join(s) for s in segments] == backend.expand_prompts(
+        "NASA rocket", [{"text": "NASA"}, {"text": "rocket"}]
+    )
 
 
 def test_expansion_prompt_is_the_fixed_few_shot_prompt() -> None:

@@ -49,7 +49,7 @@ STAGE_TABLE: dict[str, Stage] = {
         Stage("mner", "MnerService", 50052, "services.mner.server:MnerServicer", "crf"),
         Stage("ve", "VeService", 50053, "services.ve.server:VeServicer", "person"),
         Stage("vg", "VgService", 50054, "services.vg.server:VgServicer", "person"),
-        Stage("seg", "SegService", 50055, "services.seg.server:SegServicer", "grabcut"),
+        Stage("seg", "SegService", 50055, "services.seg.server:SegServicer", "selfie"),
     )
 }
 STAGES: tuple[str, ...] = tuple(STAGE_TABLE)

@@ -522,7 +522,12 @@ def serve(
 
 @click.command()
 @click.argument("queues", nargs=-1, required=True, type=click.Choice(QUEUES))
-@click.option("--concurrency", default=4, show_default=True, help="Worker threads.")
+@click.option(
+    "--concurrency",
+    default=16,
+    show_default=True,
+    help="Worker threads (they wait on stage servers, which batch the calls that meet).",
+)
 @metrics_port_option
 @broker_option
 @config_option

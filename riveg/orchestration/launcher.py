@@ -234,7 +234,12 @@ def _bin(name: str) -> str:
     default=None,
     help=f"Celery broker (default: RIVEG_BROKER_URL, the --config file's, else {DEFAULT_BROKER}).",
 )
-@click.option("--concurrency", default=4, show_default=True, help="Threads per worker.")
+@click.option(
+    "--concurrency",
+    default=16,
+    show_default=True,
+    help="Threads per worker (they wait on stage servers, which batch the calls that meet).",
+)
 @click.option(
     "--state-dir",
     type=click.Path(file_okay=False, path_type=Path),

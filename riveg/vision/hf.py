@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
+
+P = TypeVar("P")
+R = TypeVar("R", bound=list)
 
 _TYPE_MARK = re.compile(r"\((PER|LOC|ORG|MISC)\)-?")
 
@@ -66,6 +70,71 @@ def clip_box(box: list[float], width: int, height: int) -> list[float]:
         round(min(max(x2, 0.0), float(width)), 2),
         round(min(max(y2, 0.0), float(height)), 2),
     ]
+
+
+def check_image(image: np.ndarray) -> np.ndarray:
+    """The image itself when it is a non-empty HxWx3 array, else ValueError (a processor would
+    read a 4-D array as several images, and some resize an empty one without complaint)."""
+    shape = getattr(image, "shape", None)
+    if shape is None or len(shape) != 3 or shape[2] != 3 or shape[0] < 1 or shape[1] < 1:
+        raise ValueError(f"expected an HxWx3 RGB image, got shape {shape}")
+    return image
+
+
+def batch_forward(
+    items: Sequence[tuple[Any, ...]],
+    prepare: Callable[..., P | None],
+    forward: Callable[[list[P]], Sequence[R | Exception]],
+    fallback: Callable[[list[tuple[Any, ...]]], list[R | Exception]],
+) -> list[R | Exception]:
+    """A backend's ``<name>_batch``: several calls in one model forward.
+
+    ``prepare(*item)`` runs on each item alone: its exception is that item's result, and None
+    (nothing to look for) answers ``[]`` without a forward. ``forward`` then runs the prepared
+    items together and returns one result (or exception) per item. When that joint forward
+    fails for several items, they run again through ``fallback`` (the single-call method one
+    item at a time, ``Backend.one_by_one``), so only a bad item fails.
+    """
+    results: list[Any] = [None] * len(items)
+    ready: list[int] = []
+    prepared: list[P] = []
+    for index, item in enumerate(items):
+        try:
+            value = prepare(*item)
+        except Exception as exc:
+            results[index] = exc
+            continue
+        if value is None:
+            results[index] = []
+        else:
+            ready.append(index)
+            prepared.append(value)
+    if prepared:
+        outputs: Sequence[R | Exception]
+        try:
+            outputs = forward(prepared)
+            if len(outputs) != len(prepared):
+                raise RuntimeError(f"{len(outputs)} results for {len(prepared)} items")
+        except Exception as exc:
+            outputs = [exc] if len(prepared) == 1 else fallback([items[i] for i in ready])
+        for index, output in zip(ready, outputs, strict=True):
+            results[index] = output
+    return results
+
+
+def only(results: Sequence[R | Exception]) -> R:
+    """The result of a batch of one item, its exception raised."""
+    (result,) = results
+    if isinstance(result, Exception):
+        raise result
+    return result
+
+
+def image_inputs(processor: Any, image: np.ndarray) -> Any:
+    """The image processor's tensors (``pixel_values``, ...) of one checked HxWx3 image."""
+    return processor(
+        images=check_image(image), return_tensors="pt", input_data_format="channels_last"
+    )
 
 
 def torch_threads(settings: Any) -> None:

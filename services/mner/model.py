@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torchcrf import CRF
 from transformers import AutoConfig, AutoModel, AutoTokenizer
+from transformers.initialization import no_init_weights
 
 from services.mner.data import CASE_SHAPES, LABELS, case_shape
 from services.mner.hints import HINTS, word_hints
@@ -262,10 +263,11 @@ def _new_encoder(config_dir: Path, weights: bool) -> nn.Module:
         except TypeError:
             return AutoModel.from_pretrained(str(config_dir), local_files_only=True)
     hf_config = AutoConfig.from_pretrained(str(config_dir), local_files_only=True)
-    try:
-        return AutoModel.from_config(hf_config, add_pooling_layer=False)
-    except TypeError:
-        return AutoModel.from_config(hf_config)
+    with no_init_weights():  # the saved weights replace every parameter: no random init
+        try:
+            return AutoModel.from_config(hf_config, add_pooling_layer=False)
+        except TypeError:
+            return AutoModel.from_config(hf_config)
 
 
 def new_tagger(encoder_dir: str | Path, config: TaggerConfig) -> tuple[CrfTagger, WordEncoder]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from abc import abstractmethod
 from pathlib import Path
 from typing import Any
@@ -12,8 +13,11 @@ from riveg.serving.backend import Backend, BackendRegistry
 from riveg.vision.hf import (
     WARM_ENTITY,
     WARM_IMAGE,
+    batch_forward,
+    image_inputs,
     model_folder,
     model_options,
+    only,
     query_text,
     torch_threads,
 )
@@ -112,14 +116,47 @@ class GroundabilityVeBackend(VeBackend):
         return results
 
 
+class ImageTextVeBackend(VeBackend):
+    """A transformers image-text backend: a batch's images and expressions in one forward
+    (:func:`batch_forward`: an image that cannot be prepared fails its own call)."""
+
+    processor: Any
+
+    def _prepare(self, image: np.ndarray, entities: list[dict[str, Any]]) -> Any:
+        """One item's pixel values and expressions; None without entities."""
+        if not entities:
+            return None
+        pixels = image_inputs(self.processor.image_processor, image)["pixel_values"]
+        return pixels, [query_text(e) for e in entities]
+
+    @abstractmethod
+    def _judge(self, prepared: list[Any]) -> list[list[tuple[bool, float]]]:
+        """(groundable, score) per expression of each prepared item, in one forward."""
+
+    def entail(self, image: np.ndarray, entities: list[dict[str, Any]]) -> list[tuple[bool, float]]:
+        return only(self.entail_batch([(image, entities)]))
+
+    def entail_batch(
+        self, items: list[tuple[np.ndarray, list[dict[str, Any]]]]
+    ) -> list[list[tuple[bool, float]] | Exception]:
+        return batch_forward(
+            items, self._prepare, self._judge, functools.partial(self.one_by_one, self.entail)
+        )
+
+
 @VE_BACKENDS.register("clip")
-class ClipVeBackend(VeBackend):
+class ClipVeBackend(ImageTextVeBackend):
     """CLIP-style image-text similarity (``transformers`` CLIPModel / SigLIP-compatible folder
     from the model store): the cosine similarity of the image and each referring expression,
-    one forward pass for all entities of the image, calibrated to a probability by
-    ``riveg-ve.json`` beside the weights: ``{"threshold": t, "temperature": s}``, score =
-    sigmoid((cos - t) / s), groundable when cos >= t. ``calibrate_threshold`` fits t on labelled
-    similarities."""
+    calibrated to a probability by ``riveg-ve.json`` beside the weights:
+    ``{"threshold": t, "temperature": s}``, score = sigmoid((cos - t) / s), groundable when
+    cos >= t. ``calibrate_threshold`` fits t on labelled similarities.
+
+    One forward pass for a whole batch: every image of it through the vision tower and every
+    expression through the text tower, each image compared with its own expressions. SigLIP's
+    text tower pools the last position, so its expressions are padded to ``max_length`` (as it
+    was trained), which keeps a score independent of the other texts in the forward; CLIP's
+    pools the end-of-text token under a causal mask, so ``padding=True`` is enough."""
 
     name = "clip"
     version = "1"
@@ -136,44 +173,56 @@ class ClipVeBackend(VeBackend):
         self.processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
         self.net = AutoModel.from_pretrained(folder, local_files_only=True).eval()
         self.max_text = self.net.config.text_config.max_position_embeddings
+        siglip = self.net.config.model_type.startswith("siglip")
+        self.text_padding: bool | str = "max_length" if siglip else True
+
+    def _cosines(self, prepared: list[Any]) -> list[np.ndarray]:
+        """Per prepared item, the cosine similarity of its image with each of its expressions,
+        all items in one forward pass."""
+        import torch  # lazy: model-store backend only; the default backend never loads torch
+
+        text = self.processor.tokenizer(
+            [t for _, texts in prepared for t in texts],
+            padding=self.text_padding,
+            truncation=True,
+            max_length=self.max_text,
+            return_tensors="pt",
+        )
+        with torch.inference_mode():
+            out = self.net(pixel_values=torch.cat([p for p, _ in prepared]), **text)
+            image_vec = torch.nn.functional.normalize(out.image_embeds, dim=-1)
+            text_vec = torch.nn.functional.normalize(out.text_embeds, dim=-1)
+        cosines, start = [], 0
+        for index, (_, texts) in enumerate(prepared):
+            block = text_vec[start : start + len(texts)]
+            cosines.append((block @ image_vec[index]).numpy())
+            start += len(texts)
+        return cosines
 
     def similarities(self, image: np.ndarray, entities: list[dict[str, Any]]) -> np.ndarray:
         """Cosine similarity of the image with each entity's expression."""
-        import torch  # lazy: model-store backend only; the default backend never loads torch
+        prepared = self._prepare(image, entities)
+        return np.zeros(0, np.float32) if prepared is None else self._cosines([prepared])[0]
 
-        inputs = self.processor(
-            text=[query_text(e) for e in entities],
-            images=image,
-            return_tensors="pt",
-            padding=True,
-            truncation=True,
-            max_length=self.max_text,
-        )
-        with torch.inference_mode():
-            out = self.net(**inputs)
-            image_vec = torch.nn.functional.normalize(out.image_embeds, dim=-1)
-            text_vec = torch.nn.functional.normalize(out.text_embeds, dim=-1)
-            return (text_vec @ image_vec[0]).numpy()
-
-    def entail(self, image: np.ndarray, entities: list[dict[str, Any]]) -> list[tuple[bool, float]]:
-        if not entities:
-            return []
-        cosine = self.similarities(image, entities)
+    def _calibrated(self, cosine: np.ndarray) -> list[tuple[bool, float]]:
         probability = 1.0 / (1.0 + np.exp(-(cosine - self.threshold) / self.temperature))
         return [
             (bool(c >= self.threshold), round(float(p), 6))
             for c, p in zip(cosine, probability, strict=True)
         ]
 
+    def _judge(self, prepared: list[Any]) -> list[list[tuple[bool, float]]]:
+        return [self._calibrated(c) for c in self._cosines(prepared)]
+
 
 @VE_BACKENDS.register("itm")
-class ItmVeBackend(VeBackend):
+class ItmVeBackend(ImageTextVeBackend):
     """Image-text matching head (``transformers`` BlipForImageTextRetrieval, ALBEF-style ITM:
     a text encoder cross-attending to the image, then match / no match) from the model store.
 
-    The image is encoded once per call; every expression of the batch is matched against it in
-    one text-encoder pass. Score = P(match); groundable when it reaches ``threshold``
-    (``riveg-ve.json``, default 0.5).
+    A batch's images are encoded in one vision pass; every (image, expression) pair of the batch
+    is then matched in one text-encoder pass, each expression cross-attending to its own image.
+    Score = P(match); groundable when it reaches ``threshold`` (``riveg-ve.json``, default 0.5).
     """
 
     name = "itm"
@@ -190,21 +239,22 @@ class ItmVeBackend(VeBackend):
         self.net = BlipForImageTextRetrieval.from_pretrained(folder, local_files_only=True).eval()
         self.max_text = self.net.config.text_config.max_position_embeddings
 
-    def match_probabilities(self, image: np.ndarray, entities: list[dict[str, Any]]) -> np.ndarray:
-        """P(the expression matches the image) per entity."""
+    def _probabilities(self, prepared: list[Any]) -> list[np.ndarray]:
+        """Per prepared item, P(match) of each of its expressions with its image."""
         import torch  # lazy: model-store backend only; the default backend never loads torch
 
-        pixels = self.processor(images=image, return_tensors="pt")["pixel_values"]
+        counts = [len(texts) for _, texts in prepared]
         text = self.processor.tokenizer(
-            [query_text(e) for e in entities],
+            [t for _, texts in prepared for t in texts],
             padding=True,
             truncation=True,
             max_length=self.max_text,
             return_tensors="pt",
         )
+        owner = torch.repeat_interleave(torch.arange(len(prepared)), torch.tensor(counts))
         with torch.inference_mode():
-            image_embeds = self.net.vision_model(pixel_values=pixels).last_hidden_state
-            image_embeds = image_embeds.expand(len(entities), -1, -1)
+            pixels = torch.cat([p for p, _ in prepared])
+            image_embeds = self.net.vision_model(pixel_values=pixels).last_hidden_state[owner]
             hidden = self.net.text_encoder(
                 input_ids=text["input_ids"],
                 attention_mask=text["attention_mask"],
@@ -212,13 +262,18 @@ class ItmVeBackend(VeBackend):
                 encoder_attention_mask=torch.ones(image_embeds.shape[:2], dtype=torch.long),
             ).last_hidden_state
             logits = self.net.itm_head(hidden[:, 0, :])
-        return logits.softmax(dim=-1)[:, 1].numpy()
+        return [p.numpy() for p in torch.split(logits.softmax(dim=-1)[:, 1], counts)]
 
-    def entail(self, image: np.ndarray, entities: list[dict[str, Any]]) -> list[tuple[bool, float]]:
-        if not entities:
-            return []
-        probability = self.match_probabilities(image, entities)
-        return [(bool(p >= self.threshold), round(float(p), 6)) for p in probability]
+    def match_probabilities(self, image: np.ndarray, entities: list[dict[str, Any]]) -> np.ndarray:
+        """P(the expression matches the image) per entity."""
+        prepared = self._prepare(image, entities)
+        return np.zeros(0, np.float32) if prepared is None else self._probabilities([prepared])[0]
+
+    def _judge(self, prepared: list[Any]) -> list[list[tuple[bool, float]]]:
+        return [
+            [(bool(p >= self.threshold), round(float(p), 6)) for p in probability]
+            for probability in self._probabilities(prepared)
+        ]
 
 
 def calibrate_threshold(similarities: np.ndarray, labels: np.ndarray) -> float:

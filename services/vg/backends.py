@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from abc import abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar
@@ -12,10 +13,14 @@ from riveg.serving.backend import Backend, BackendRegistry
 from riveg.vision.hf import (
     WARM_ENTITY,
     WARM_IMAGE,
+    batch_forward,
+    check_image,
     clip_box,
     cxcywh_to_pixels,
+    image_inputs,
     model_folder,
     model_options,
+    only,
     query_text,
     torch_threads,
 )
@@ -77,8 +82,9 @@ class PersonVgBackend(VgBackend):
 
 
 class _DetectorVgBackend(VgBackend):
-    """Open-vocabulary detector from the model store: the best box for each referring expression,
-    all expressions of one image in one forward pass. A box is returned when its score reaches
+    """Open-vocabulary detector from the model store: the best box for each referring expression.
+    A batch runs in one forward pass: all its images, each with its own expressions, and each
+    item's boxes are mapped back to its own image. A box is returned when its score reaches
     ``threshold`` (``riveg-vg.json`` beside the weights; default 0.1)."""
 
     version = "1"
@@ -96,23 +102,59 @@ class _DetectorVgBackend(VgBackend):
         raise NotImplementedError
 
     def ground(self, image: np.ndarray, entities: list[dict[str, Any]]) -> list[Grounding]:
+        return only(self.ground_batch([(image, entities)]))
+
+    def ground_batch(
+        self, items: list[tuple[np.ndarray, list[dict[str, Any]]]]
+    ) -> list[list[Grounding] | Exception]:
+        """All images of the batch in one forward pass (see the class)."""
+        return batch_forward(
+            items,
+            self._prepare_item,
+            self._ground_prepared,
+            functools.partial(self.one_by_one, self.ground),
+        )
+
+    def _prepare_item(
+        self, image: np.ndarray, entities: list[dict[str, Any]]
+    ) -> tuple[tuple[int, int], Any] | None:
+        """One item's image size (height, width) and model inputs; None without entities."""
         if not entities:
-            return []
+            return None
+        size = check_image(image).shape[:2]
+        return (size[0], size[1]), self._prepare(image, [query_text(e) for e in entities])
+
+    def _ground_prepared(
+        self, prepared: list[tuple[tuple[int, int], Any]]
+    ) -> list[list[Grounding]]:
         import torch  # lazy: model-store backend only; the default backend never loads torch
 
-        height, width = image.shape[:2]
+        sizes = [size for size, _ in prepared]
         with torch.inference_mode():
-            scores, boxes = self._best_boxes(image, [query_text(e) for e in entities])
-        results: list[Grounding] = []
-        for score, box in zip(scores, boxes, strict=True):
-            found = score >= self.threshold
-            results.append((clip_box(box, width, height) if found else None, round(score, 6)))
+            found = self._best_boxes([inputs for _, inputs in prepared], sizes)
+        results: list[list[Grounding]] = []
+        for (height, width), (scores, boxes) in zip(sizes, found, strict=True):
+            results.append(
+                [
+                    (
+                        clip_box(box, width, height) if score >= self.threshold else None,
+                        round(score, 6),
+                    )
+                    for score, box in zip(scores, boxes, strict=True)
+                ]
+            )
         return results
 
+    def _prepare(self, image: np.ndarray, queries: list[str]) -> Any:
+        """One image's model inputs with its queries (preprocessed alone: a bad image fails
+        only its own item)."""
+        raise NotImplementedError
+
     def _best_boxes(
-        self, image: np.ndarray, queries: list[str]
-    ) -> tuple[list[float], list[list[float]]]:
-        """Per query: the best detection's score and its box in original-image pixels."""
+        self, prepared: list[Any], sizes: list[tuple[int, int]]
+    ) -> list[tuple[list[float], list[list[float]]]]:
+        """One forward pass over prepared items; per item and query, the best detection's score
+        and its box in the pixels of that item's original image (``sizes``: height, width)."""
         raise NotImplementedError
 
 
@@ -122,7 +164,9 @@ class OwlVgBackend(_DetectorVgBackend):
 
     OWLv2's processor pads the image to a square (bottom/right) before resizing, so its
     normalised boxes are fractions of the padded side ``max(h, w)``; OWL-ViT resizes without
-    padding, so its boxes are fractions of width and height.
+    padding, so its boxes are fractions of width and height. Every image becomes the same
+    model input size, so a batch stacks them as they are; an item with fewer queries is padded
+    with copies of its first query, whose scores are dropped (OWL scores each query alone).
     """
 
     name = "owl"
@@ -146,32 +190,58 @@ class OwlVgBackend(_DetectorVgBackend):
         self.net = model_class.from_pretrained(folder, local_files_only=True).eval()
         self.max_text = self.net.config.text_config.max_position_embeddings
 
-    def _best_boxes(
-        self, image: np.ndarray, queries: list[str]
-    ) -> tuple[list[float], list[list[float]]]:
-        inputs = self.processor(
-            text=[queries],
-            images=image,
+    def _prepare(self, image: np.ndarray, queries: list[str]) -> Any:
+        pixels = image_inputs(self.processor.image_processor, image)["pixel_values"]
+        text = self.processor.tokenizer(
+            queries,
             return_tensors="pt",
             padding="max_length",
             truncation=True,
             max_length=self.max_text,
         )
-        outputs = self.net(**inputs)
-        logits = outputs.logits[0]  # [patches, queries]
-        best = logits.argmax(dim=0)
-        height, width = image.shape[:2]
-        sx, sy = (max(height, width),) * 2 if self.v2 else (width, height)
-        scores = logits.sigmoid().gather(0, best[None])[0].tolist()
-        boxes = [cxcywh_to_pixels(outputs.pred_boxes[0, i].numpy(), sx, sy) for i in best]
-        return scores, boxes
+        return pixels, text
+
+    def _best_boxes(
+        self, prepared: list[Any], sizes: list[tuple[int, int]]
+    ) -> list[tuple[list[float], list[list[float]]]]:
+        import torch  # lazy: model-store backend only; the default backend never loads torch
+
+        most = max(len(text["input_ids"]) for _, text in prepared)
+        ids, masks = [], []
+        for _, text in prepared:
+            extra = most - len(text["input_ids"])
+            ids.append(torch.cat([text["input_ids"], text["input_ids"][:1].expand(extra, -1)]))
+            masks.append(
+                torch.cat([text["attention_mask"], text["attention_mask"][:1].expand(extra, -1)])
+            )
+        outputs = self.net(
+            input_ids=torch.cat(ids),
+            attention_mask=torch.cat(masks),
+            pixel_values=torch.cat([pixels for pixels, _ in prepared]),
+        )
+        found = []
+        for index, ((_, text), (height, width)) in enumerate(zip(prepared, sizes, strict=True)):
+            logits = outputs.logits[index, :, : len(text["input_ids"])]  # [patches, queries]
+            best = logits.argmax(dim=0)
+            sx, sy = (max(height, width),) * 2 if self.v2 else (width, height)
+            scores = logits.sigmoid().gather(0, best[None])[0].tolist()
+            boxes = [cxcywh_to_pixels(outputs.pred_boxes[index, i].numpy(), sx, sy) for i in best]
+            found.append((scores, boxes))
+        return found
 
 
 @VG_BACKENDS.register("grounding-dino")
 class GroundingDinoVgBackend(_DetectorVgBackend):
     """Grounding DINO (``transformers``): the expressions joined as ``a . b . c .`` in one
     prompt; a query's score for an expression is its highest token probability over that
-    expression's tokens. Boxes are fractions of the (unpadded) image."""
+    expression's tokens. Boxes are fractions of the (unpadded) image.
+
+    A batch pads its images together (bottom/right zeros, ``pixel_mask`` marking the padding,
+    as the processor does for a list of images) and its prompts together (``attention_mask``).
+    The transformer ignores the padding, but the Swin backbone's windows near an image's
+    bottom/right edge see it, so an image batched with larger ones can score a little
+    differently from the same image alone; images of one resized size are not padded at all.
+    """
 
     name = "grounding-dino"
     DEFAULT_THRESHOLD = 0.25
@@ -185,11 +255,7 @@ class GroundingDinoVgBackend(_DetectorVgBackend):
             folder, local_files_only=True
         ).eval()
 
-    def _best_boxes(
-        self, image: np.ndarray, queries: list[str]
-    ) -> tuple[list[float], list[list[float]]]:
-        import torch  # lazy: model-store backend only; the default backend never loads torch
-
+    def _prepare(self, image: np.ndarray, queries: list[str]) -> Any:
         spans, parts, position = [], [], 0
         for query in queries:
             phrase = query.lower().replace(".", " ").strip() or "object"
@@ -198,25 +264,52 @@ class GroundingDinoVgBackend(_DetectorVgBackend):
             position += len(phrase) + 3
         prompt = " . ".join(parts) + " ."
         encoded = self.processor.tokenizer(prompt, return_offsets_mapping=True)
-        offsets = encoded["offset_mapping"]
-        inputs = self.processor(images=image, text=prompt, return_tensors="pt")
-        outputs = self.net(**inputs)
-        probs = outputs.logits[0].sigmoid()  # [queries of the model, text tokens]
-        height, width = image.shape[:2]
-        scores, boxes = [], []
-        limit = probs.shape[1]
-        for start, end in spans:
-            tokens = [
-                t
-                for t, (a, b) in enumerate(offsets)
-                if t < limit and b > a and a >= start and b <= end
-            ]
-            if not tokens:  # truncated away: no evidence
-                scores.append(0.0)
-                boxes.append([0.0, 0.0, 0.0, 0.0])
-                continue
-            per_query = probs[:, torch.tensor(tokens)].max(dim=1).values
-            best = int(per_query.argmax())
-            scores.append(float(per_query[best]))
-            boxes.append(cxcywh_to_pixels(outputs.pred_boxes[0, best].numpy(), width, height))
-        return scores, boxes
+        images = image_inputs(self.processor.image_processor, image)
+        return images["pixel_values"][0], encoded["input_ids"], encoded["offset_mapping"], spans
+
+    def _best_boxes(
+        self, prepared: list[Any], sizes: list[tuple[int, int]]
+    ) -> list[tuple[list[float], list[list[float]]]]:
+        import torch  # lazy: model-store backend only; the default backend never loads torch
+
+        height = max(pixels.shape[1] for pixels, *_ in prepared)
+        width = max(pixels.shape[2] for pixels, *_ in prepared)
+        length = max(len(ids) for _, ids, *_ in prepared)
+        count = len(prepared)
+        pixel_values = torch.zeros(count, 3, height, width)
+        pixel_mask = torch.zeros(count, height, width, dtype=torch.long)
+        input_ids = torch.full((count, length), self.processor.tokenizer.pad_token_id)
+        attention_mask = torch.zeros(count, length, dtype=torch.long)
+        for index, (pixels, ids, *_) in enumerate(prepared):
+            pixel_values[index, :, : pixels.shape[1], : pixels.shape[2]] = pixels
+            pixel_mask[index, : pixels.shape[1], : pixels.shape[2]] = 1
+            input_ids[index, : len(ids)] = torch.tensor(ids)
+            attention_mask[index, : len(ids)] = 1
+        outputs = self.net(
+            pixel_values=pixel_values,
+            pixel_mask=pixel_mask,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=torch.zeros_like(input_ids),
+        )
+        found = []
+        for index, ((_, _, offsets, spans), (h, w)) in enumerate(zip(prepared, sizes, strict=True)):
+            probs = outputs.logits[index].sigmoid()  # [queries of the model, text tokens]
+            limit = probs.shape[1]
+            scores, boxes = [], []
+            for start, end in spans:
+                tokens = [
+                    t
+                    for t, (a, b) in enumerate(offsets)
+                    if t < limit and b > a and a >= start and b <= end
+                ]
+                if not tokens:  # truncated away: no evidence
+                    scores.append(0.0)
+                    boxes.append([0.0, 0.0, 0.0, 0.0])
+                    continue
+                per_query = probs[:, torch.tensor(tokens)].max(dim=1).values
+                best = int(per_query.argmax())
+                scores.append(float(per_query[best]))
+                boxes.append(cxcywh_to_pixels(outputs.pred_boxes[index, best].numpy(), w, h))
+            found.append((scores, boxes))
+        return found
