@@ -565,7 +565,8 @@ def test_memory_limits_cover_input_limits(objs: list[Obj]) -> None:
         limit = _quantity(server["resources"]["limits"]["memory"])
         assert limit >= needed, f"{stage}: {limit / 2**20:.0f} MiB < {needed / 2**20:.0f} MiB"
     worker = _container(_pod_spec(_one(objs, "Deployment", "riveg-pipeline")), "worker")
-    needed = 256 * 2**20 + 4 * (image + 2 * rgb)
+    threads = int(worker["args"][worker["args"].index("--concurrency") + 1])
+    needed = 256 * 2**20 + threads * (image + 2 * rgb)
     assert _quantity(worker["resources"]["limits"]["memory"]) >= needed
     gateway = _container(_pod_spec(_one(objs, "Deployment", GATEWAY)), "gateway")
     body = int(config["RIVEG_GATEWAY_MAX_BODY_BYTES"])
@@ -830,7 +831,7 @@ def test_worker_liveness_probes(objs: list[Obj]) -> None:
 def test_pipeline_worker(objs: list[Obj]) -> None:
     pod = _pod_spec(_one(objs, "Deployment", "riveg-pipeline"))
     worker = _container(pod, "worker")
-    assert worker["args"] == ["worker", "pipeline"]
+    assert worker["args"] == ["worker", "pipeline", "--concurrency", "4"]
     _assert_worker_liveness(worker)
     _assert_writable_dirs(worker)
     assert "nvidia.com/gpu" not in json.dumps(pod)

@@ -116,3 +116,25 @@ def test_segments_that_tokenize_apart_are_run_whole(gemma) -> None:
 def test_done_ends_each_sequence_early(gemma) -> None:
     [generation] = gemma.generate(["Once upon a time"], 40, [], done=lambda text: len(text) > 0)
     assert generation.completion_tokens == 1
+
+
+def test_empty_segments_and_rows_wider_than_the_sliding_window(gemma) -> None:
+    """An empty segment is no level; a batch whose padded rows (every level's longest segment)
+    would pass the sliding window runs unsplit, so no cached token a row needs is dropped."""
+    first = ("Question: What is the capital of France?\n", "", "Answer: The capital of France is")
+    assert (
+        gemma.generate([first], 8, ["."])[0].text
+        == gemma.generate(["".join(first)], 8, ["."])[0].text
+    )
+    tree = gemma.prefix_tree
+    prompts = [("Text: a\n", "Question: " + "long " * 12 + "?\n", "Answer:"),
+               ("Text: " + "word " * 12 + "\n", "Question: b?\n", "Answer:")]  # fmt: skip
+    longest = max(len(gemma.tokenizer("".join(p))["input_ids"]) for p in prompts)
+    window = tree.window
+    try:
+        tree.window = longest + 8 + 2  # each prompt fits alone, the padded rows do not
+        assert tree.prefill(prompts, 8).cache is None
+        tree.window = 10_000
+        assert tree.prefill(prompts, 8).cache is not None
+    finally:
+        tree.window = window

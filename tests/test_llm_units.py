@@ -3,6 +3,7 @@ keys, image descriptions (detector, released captions) and the per-job backend r
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,7 @@ def test_referring_expression_and_description_cleaning() -> None:
         " a b c d e f g h. . more words here",
         " a b c d e f g h , , ,",
         " one two three four five six seven eight nine ten eleven twelve",
+        '" " a b c d e f g h i',  # leading words that the cleaning strips away
     ],
 )
 def test_a_generation_cut_once_settled_cleans_to_the_same_description(full: str) -> None:
@@ -48,6 +50,17 @@ def test_a_generation_cut_once_settled_cleans_to_the_same_description(full: str)
     for end in range(len(full) + 1):
         if description_settled(full[:end]):
             assert clean_description(full[:end]) == clean_description(full), full[:end]
+
+
+def test_settled_holds_for_random_generations() -> None:
+    """The same property on random strings of words, quotes, dots, spaces and newlines."""
+    rng = random.Random(7)
+    pieces = ["a", "bb", "c.", '"', "'", ".", ",", " ", " ", "  ", "\n", "\t", ";x", "word"]
+    for _ in range(400):
+        full = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 40)))
+        for end in range(len(full) + 1):
+            if description_settled(full[:end]):
+                assert clean_description(full[:end]) == clean_description(full), repr(full)
 
 
 def test_the_expansion_template_splits_into_examples_post_and_question() -> None:

@@ -299,14 +299,14 @@ def test_sigterm_drains_in_flight_calls_and_logs_the_job_id(tmp_path: Path, samp
     port = free_port()
     env = {**os.environ, "RIVEG_STORE_KIND": "local", "RIVEG_STORE_PATH": str(store_path),
            "RIVEG_SEG_ADDR": f"127.0.0.1:{port}", "RIVEG_LOG_FORMAT": "json",
-           "RIVEG_GRPC_SHUTDOWN_GRACE_S": "120"}  # fmt: skip
+           "RIVEG_GRPC_SHUTDOWN_GRACE_S": "120", "RIVEG_SEG_BACKEND": "grabcut"}  # fmt: skip
     riveg = str(Path(sys.executable).parent / "riveg")
     process = subprocess.Popen([riveg, "serve", "seg"], env=env, stderr=subprocess.PIPE, text=True)
     settings = load_settings(seg_addr=f"127.0.0.1:{port}")
     client = connect("seg", settings)
     try:
         client.wait_ready(timeout=60)
-        boxes = [box_to_proto([0, 0, 512, 512])] * 6  # a few seconds of GrabCut
+        boxes = [box_to_proto([0, 0, 512, 512])] * 12  # a few seconds of GrabCut
         outcome: dict = {}
 
         def call() -> None:
@@ -324,7 +324,7 @@ def test_sigterm_drains_in_flight_calls_and_logs_the_job_id(tmp_path: Path, samp
         process.send_signal(signal.SIGTERM)
         caller.join(timeout=60)
         assert "error" not in outcome, outcome.get("error")
-        assert len(outcome["reply"].masks) == 6
+        assert len(outcome["reply"].masks) == 12
         assert outcome["replied_at"] > signalled_at, "the call was not in flight at SIGTERM"
         assert process.wait(timeout=30) == 0
     finally:

@@ -63,6 +63,7 @@ def referring_expression(entity: str, kind: str, description: str) -> str:
 
 
 DESCRIPTION_STRIP = " .;:,\"'"
+_LEADING_STRIP = re.compile(f"^[\\s{re.escape(DESCRIPTION_STRIP)}]+")
 
 
 def clean_description(raw: str) -> str:
@@ -76,9 +77,10 @@ def description_settled(raw: str) -> bool:
     """Whether more text can no longer change ``clean_description(raw)``: the first line has a
     word past the kept ones with a character the trimming keeps (so the trimming of the line's
     end stops there), or the line has ended."""
-    if "\n" in raw.lstrip():
+    text = raw.lstrip()
+    if "\n" in text:
         return True
-    words = raw.split()
+    words = _LEADING_STRIP.sub("", text).split()  # the words clean_description keeps
     return any(w.strip(DESCRIPTION_STRIP) for w in words[MAX_DESCRIPTION_WORDS:])
 
 

@@ -62,16 +62,17 @@ class PrefixTree:
         self.window = getattr(lm.config, "sliding_window", None) or 0
 
     def segment_ids(self, prompts: Sequence[Prompt]) -> list[list[list[int]]]:
-        """The token ids of each prompt's segments (BOS on the first); a prompt whose segments do
-        not tokenize like its whole text becomes one segment."""
+        """The token ids of each prompt's segments (BOS on the first; empty segments dropped); a
+        prompt whose segments do not tokenize like its whole text becomes one segment."""
         out = []
         for prompt in prompts:
+            texts = [prompt[0], *(text for text in prompt[1:] if text)]  # no empty levels
             parts = [
                 self.tokenizer(text, add_special_tokens=index == 0)["input_ids"]
-                for index, text in enumerate(prompt)
+                for index, text in enumerate(texts)
             ]
             if len(parts) > 1:
-                whole = self.tokenizer("".join(prompt))["input_ids"]
+                whole = self.tokenizer("".join(texts))["input_ids"]
                 if whole != [t for part in parts for t in part]:
                     parts = [whole]
             out.append(parts)
@@ -81,16 +82,18 @@ class PrefixTree:
         """Run every level but the last (shared paths once) and return what ``generate`` needs."""
         parts = self.segment_ids(prompts)
         depth = max(len(p) for p in parts)
-        longest = max(sum(len(s) for s in p) for p in parts)
+        rows = [self._uniform(p, depth) for p in parts] if depth > 1 else []
+        # A row's width is every level's longest segment (padding sits in the middle of rows);
+        # past the sliding window a sliding layer would drop cached tokens a row still needs.
+        width = sum(max(len(r[level]) for r in rows) for level in range(depth)) if rows else 0
         if (
             depth == 1
             or min(sum(len(s) for s in p) for p in parts) < 2
-            or (self.window and longest + max_new_tokens > self.window)
+            or (self.window and width + max_new_tokens > self.window)
         ):
-            # Nothing shared, or a sliding-window layer would drop cached tokens: one level.
+            # Nothing shared, or too wide for the sliding window: one level, left padding.
             ids, mask = _left_pad([[t for s in p for t in s] for p in parts], self._pad_id)
             return Prefilled(ids, mask, None)
-        rows = [self._uniform(p, depth) for p in parts]
         previous: list[tuple[tuple[int, ...], ...]] = [()]
         ids = torch.zeros((1, 0), dtype=torch.long)
         mask = torch.zeros((1, 0), dtype=torch.long)
