@@ -4,7 +4,9 @@ concurrent callers.
     python benchmarks/batching.py [--seconds 10] [--llm-seconds 60] [--stages llm,mner,ve,vg,seg]
 
 Every stage runs its default backend in a real `StageServer` in this process (gRPC on loopback,
-images from a local store); "on" is the default batcher (`max_batch_size` 16, 5 ms queue delay),
+images from a local store); "on" is the default batcher (`max_batch_size` 16, 5 ms queue delay;
+a backend whose batch method runs one call at a time, as the MediaPipe and GrabCut defaults of
+VE, VG and SEG do, declares `max_batch_size` 1 and gets its calls one by one, without the delay),
 "off" is `max_batch_size` 1 (each call alone, as before batching). Callers are threads, each
 sending its next call when the last one answered, for ``--seconds`` per setting (the LLM's calls
 take seconds each: ``--llm-seconds``). Requests: the

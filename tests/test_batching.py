@@ -170,6 +170,7 @@ class _Tagging(VeBackend):
     name = "tagging"
     version = "1"
     batches: ClassVar[list[tuple[str, int]]] = []
+    max_batch_size: ClassVar[int | None] = None  # batched as the settings say
 
     def _load(self) -> None:
         pass
@@ -200,6 +201,31 @@ def tagging_server(tmp_path: Path) -> Iterator[tuple[StageServer, StageClient, s
         client.close()
         server.stop(grace=0)
         VE_BACKENDS._factories.pop("tagging-test")
+
+
+def test_a_backend_that_runs_calls_one_at_a_time_gets_them_without_the_queue_delay(
+    tagging_server,
+) -> None:
+    """Batch limits: the manifest's, else the backend's own cap, else the settings. The default
+    VE backend (MediaPipe, one call at a time) gets batches of 1 and no delay to wait out."""
+    server, _, _ = tagging_server
+    servicer = server.spec.servicer
+    assert servicer.batch_limits() == (8, 20.0)  # the settings: _Tagging batches
+    backend = servicer.models.current
+    backend.max_batch_size = 1
+    try:
+        assert servicer.batch_limits() == (1, 0.0)
+        backend.batching = {"max_batch_size": 4}
+        assert servicer.batch_limits() == (4, 20.0)  # a version's manifest wins
+    finally:
+        del backend.max_batch_size
+        backend.batching = None
+    for registry, key in ((VE_BACKENDS, "person"), (VG_BACKENDS, "person"),
+                          (SEG_BACKENDS, "grabcut"), (SEG_BACKENDS, "selfie")):  # fmt: skip
+        assert registry._factories[key].max_batch_size == 1, key
+    for registry, key in ((VE_BACKENDS, "clip"), (VE_BACKENDS, "itm"), (VG_BACKENDS, "owl"),
+                          (VG_BACKENDS, "grounding-dino"), (SEG_BACKENDS, "sam")):  # fmt: skip
+        assert registry._factories[key].max_batch_size is None, key
 
 
 def _entail(client: StageClient, key: str) -> ve_pb2.EntailResponse:

@@ -30,6 +30,9 @@ class Backend(ABC):
     version: ClassVar[str] = "1"
     model_dir: Path | None = None  # the model's folder, when it came from one (store or path)
     batching: dict[str, Any] | None = None  # a version's own batch limits (its manifest's)
+    # Calls per batch this backend gains from: 1 when its batch method runs one call at a time
+    # (the server then hands it calls one by one, with no queue delay); None: the settings'.
+    max_batch_size: ClassVar[int | None] = None
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings

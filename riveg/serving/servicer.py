@@ -58,8 +58,9 @@ class StageServicer:
         one result or exception per item), the backend
         read once per batch so that a hot swap never splits one. Returns the backend that ran
         the item and its result; the call's deadline goes with it (DeadlineExpired when it
-        passes in the queue). Batch limits: the model version's manifest ``batching``, else
-        ``RIVEG_<STAGE>_MAX_BATCH_SIZE`` and ``_MAX_QUEUE_DELAY_MS``."""
+        passes in the queue). Batch limits: the model version's manifest ``batching``, else the
+        backend's own ``max_batch_size`` (1 for one that runs calls one at a time: no queue
+        delay then), else ``RIVEG_<STAGE>_MAX_BATCH_SIZE`` and ``_MAX_QUEUE_DELAY_MS``."""
         batcher = self._batcher(name, run or functools.partial(_batch_method, f"{name}_batch"))
         size, delay_ms = self.batch_limits()
         batcher.max_batch_size, batcher.max_queue_delay_s = size, delay_ms / 1000
@@ -70,9 +71,12 @@ class StageServicer:
     def batch_limits(self) -> tuple[int, float]:
         """(max batch size, max queue delay in ms) for the model answering now."""
         section = self.models.settings.stage(self.stage)
-        override = getattr(self.models.current, "batching", None) or {}
-        return (int(override.get("max_batch_size", section.max_batch_size)),
-                float(override.get("max_queue_delay_ms", section.max_queue_delay_ms)))  # fmt: skip
+        backend = self.models.current
+        override = getattr(backend, "batching", None) or {}
+        size = int(override.get("max_batch_size", getattr(backend, "max_batch_size", None)
+                                or section.max_batch_size))  # fmt: skip
+        delay = section.max_queue_delay_ms if size > 1 else 0.0  # nothing to wait for
+        return size, float(override.get("max_queue_delay_ms", delay))
 
     def _batcher(self, name: str, run: BatchRun) -> DynamicBatcher:
         with self._batchers_lock:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from abc import abstractmethod
-from typing import Any
+from typing import Any, ClassVar
 
 import cv2
 import numpy as np
@@ -28,6 +28,8 @@ log = get_logger("riveg.seg")
 
 class SegBackend(Backend):
     """Segments all boxes of one image in one call."""
+
+    max_batch_size: ClassVar[int | None] = 1  # the default batch method loops
 
     @abstractmethod
     def segment(self, image: np.ndarray, boxes: list[list[float]]) -> list[np.ndarray]:
@@ -177,6 +179,7 @@ class SamSegBackend(SegBackend):
     embedding. Masks come back at the original image size (the processor's resize and padding
     undone by ``post_process_masks``)."""
 
+    max_batch_size: ClassVar[int | None] = None  # one image-encoder pass per batch
     name = "sam"
     version = "1"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from abc import abstractmethod
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -29,6 +29,8 @@ VE_BACKENDS: BackendRegistry[VeBackend] = BackendRegistry("ve")
 
 class VeBackend(Backend):
     """Decides visibility for all entities of one image in one call."""
+
+    max_batch_size: ClassVar[int | None] = 1  # the default batch method loops
 
     @abstractmethod
     def entail(self, image: np.ndarray, entities: list[dict[str, Any]]) -> list[tuple[bool, float]]:
@@ -121,6 +123,7 @@ class ImageTextVeBackend(VeBackend):
     (:func:`batch_forward`: an image that cannot be prepared fails its own call)."""
 
     processor: Any
+    max_batch_size: ClassVar[int | None] = None  # one forward per batch
 
     def _prepare(self, image: np.ndarray, entities: list[dict[str, Any]]) -> Any:
         """One item's pixel values and expressions; None without entities."""

@@ -34,6 +34,8 @@ Grounding = tuple[list[float] | None, float]
 class VgBackend(Backend):
     """Grounds all entities of one image in one call."""
 
+    max_batch_size: ClassVar[int | None] = 1  # the default batch method loops
+
     @abstractmethod
     def ground(self, image: np.ndarray, entities: list[dict[str, Any]]) -> list[Grounding]:
         """(box [x1, y1, x2, y2] or None, score) per entity, in order."""
@@ -89,6 +91,7 @@ class _DetectorVgBackend(VgBackend):
 
     version = "1"
     DEFAULT_THRESHOLD: ClassVar[float] = 0.1
+    max_batch_size: ClassVar[int | None] = None  # one forward per batch
 
     def _load(self) -> None:
         torch_threads(self.settings)
